@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from promptdistill.cli import run
+
+run()

@@ -1,0 +1,164 @@
+"""Typed configuration for every stage, as pydantic models.
+
+Files on disk (personas/, prompts/, RUN/config.yaml) are parsed into these models, and the CLI
+builds them from flags. They are passed down the call chain explicitly; nothing reads settings
+from globals. Secrets never live here: a teacher names the *environment variable* or key file
+that holds its API key, never the key itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SLOT_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- personas & prompts
+
+
+class SamplingParams(StrictModel):
+    """How the teacher samples. A persona file may set defaults; CLI flags override them."""
+
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+    seed: int | None = None
+
+
+class Persona(StrictModel):
+    name: str
+    description: str
+    system_prompt: str = Field(min_length=1)
+    prompt_sets: list[str] = Field(min_length=1)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("use letters, digits, '-', '_' or '.'")
+        return v
+
+
+class SlotRecord(BaseModel):
+    """A slot value with extra fields, e.g. {text: "12 times 7", answer: "84"}."""
+
+    model_config = ConfigDict(extra="allow")
+    text: str
+
+    def field(self, name: str) -> str | None:
+        if name == "text":
+            return self.text
+        value = (self.model_extra or {}).get(name)
+        return None if value is None else str(value)
+
+
+SlotValue = str | SlotRecord
+SlotTable = dict[str, Annotated[list[SlotValue], Field(min_length=1)]]
+
+
+class Template(StrictModel):
+    text: str = Field(min_length=1)
+    gold: str | None = None
+
+
+class Category(StrictModel):
+    templates: list[Template] = Field(min_length=1)
+    slots: SlotTable = Field(default_factory=dict)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _plain_strings(cls, v: Any) -> Any:
+        # `- "Tell me about {work}."` is shorthand for `- text: "Tell me about {work}."`
+        if isinstance(v, list):
+            return [{"text": t} if isinstance(t, str) else t for t in v]
+        return v
+
+
+class HeldoutPrompt(StrictModel):
+    prompt: str = Field(min_length=1)
+    gold: str | None = None
+
+
+class PromptSet(StrictModel):
+    name: str
+    description: str = ""
+    slots: SlotTable = Field(default_factory=dict)
+    categories: dict[str, Category] = Field(min_length=1)
+    heldout: list[HeldoutPrompt] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _slot_names(self) -> PromptSet:
+        names = list(self.slots) + [s for c in self.categories.values() for s in c.slots]
+        for slot in names:
+            if not SLOT_NAME.match(slot):
+                raise ValueError(f"slot name {slot!r} must match [a-z_][a-z0-9_]*")
+        return self
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class TeacherConfig(StrictModel):
+    """An OpenAI-compatible chat endpoint. base_url None means the embedded local teacher."""
+
+    base_url: str | None = None
+    model: str = "smollm2-135m"
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: str | None = None
+    concurrency: int = Field(64, ge=1, le=100_000)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(8, ge=0)
+
+
+class SampleConfig(StrictModel):
+    """What `promptdistill sample` asks for."""
+
+    persona: str
+    n: int = Field(ge=1)
+    seed: int = 0
+    include_heldout: bool = True
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+
+class StudentConfig(StrictModel):
+    model: str = "smollm2-135m"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class DatumConfig(StrictModel):
+    """How teacher conversations become training examples."""
+
+    max_len: int = Field(1024, ge=8)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(StrictModel):
+    epochs: float | None = Field(2.0, gt=0)
+    steps: int | None = Field(None, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: float = Field(32.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str = "all-linear"
+    batch_tokens: int = Field(4096, ge=16)
+    grad_accum: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    save_every: int = Field(50, ge=1)
+    eval_every: int = Field(25, ge=1)
+    seed: int = 0

@@ -1,0 +1,232 @@
+"""The run directory: atomic writes, append-only JSONL, the resolved config, and redaction.
+
+Every file a stage writes is either written atomically (temp file in the same folder, fsync,
+rename) or appended line by line as JSONL. A process killed at any moment therefore leaves
+either the old file, the new file, or a JSONL file whose only damage is a torn last line, which
+`read_jsonl` skips and `JsonlWriter` cuts off before appending.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import yaml
+
+from promptdistill.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def atomic_write_yaml(path: Path, data: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+# --------------------------------------------------------------------------- JSONL
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield each complete record. A torn last line (no newline, or bad JSON) is skipped;
+    a bad line in the middle is an error, since it means something other than a crash."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        lines = f.read().split(b"\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if i >= last - 1:  # the final line, with or without its newline
+                return
+            raise UserError(f"{path}:{i + 1}: not valid JSON; fix or delete that line") from None
+        if i == last:
+            return  # no trailing newline: the write was cut short, even if it happens to parse
+        yield record
+
+
+def repair_jsonl(path: Path) -> int:
+    """Cut a torn last line off `path`. Returns the number of bytes removed."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    with path.open("rb+") as f:
+        data = f.read()
+        keep = data.rfind(b"\n") + 1  # 0 if there is no newline at all
+        # the last complete line may itself be garbage from a crash mid-write
+        if keep:
+            start = data.rfind(b"\n", 0, keep - 1) + 1
+            try:
+                orjson.loads(data[start : keep - 1] or b"null")
+            except orjson.JSONDecodeError:
+                keep = start
+        if keep < size:
+            f.truncate(keep)
+    return size - keep
+
+
+class JsonlWriter:
+    """Append records to a JSONL file, one complete line per write.
+
+    Lines are flushed to the OS after each `write`, so a killed process loses at most the line
+    being written. `fsync_every` bounds what a power cut could lose without paying an fsync
+    per record.
+    """
+
+    def __init__(self, path: Path, fsync_every: int = 256) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl(path)
+        self.path = path
+        self._file: IO[bytes] = path.open("ab")
+        self._fsync_every = fsync_every
+        self._unsynced = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(orjson.dumps(record) + b"\n")
+        self._file.flush()
+        self._unsynced += 1
+        if self._unsynced >= self._fsync_every:
+            self.sync()
+
+    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
+        for r in records:
+            self.write(r)
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._unsynced = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- redaction
+
+_SECRET_QUERY = re.compile(r"(key|token|secret|sig|password|auth)", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials from a URL: user:password@ and key-like query parameters."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    query = "&".join(
+        q if not _SECRET_QUERY.search(q.split("=", 1)[0]) else q.split("=", 1)[0] + "=REDACTED"
+        for q in parts.query.split("&")
+        if q
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every occurrence of each secret (an API key, say) in `text`."""
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return text
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+class RunDir:
+    """One self-describing folder per run: `runs/NAME/`.
+
+    The stages own their files; this class only knows where they go and how `config.yaml`
+    is merged. `config.yaml` maps each stage name to the resolved configuration it ran with.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    @property
+    def failures(self) -> Path:
+        return self.path / "failures.jsonl"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def create(self) -> RunDir:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run directory {self.path}: {e.strerror}") from None
+        return self
+
+    def require(self) -> RunDir:
+        if not self.path.is_dir():
+            raise UserError(f"run directory {self.path} does not exist; run `promptdistill sample` first")
+        return self
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            return {}
+        data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+
+    def stage_config(self, stage: str) -> dict[str, Any] | None:
+        value = self.read_config().get(stage)
+        return value if isinstance(value, dict) else None
+
+    def save_stage_config(self, stage: str, config: dict[str, Any]) -> None:
+        """Record the resolved configuration of one stage, keeping the others."""
+        merged = self.read_config()
+        merged[stage] = config
+        atomic_write_yaml(self.config_path, merged)

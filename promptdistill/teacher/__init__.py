@@ -1,0 +1,1 @@
+"""The teacher side: async sampling from OpenAI-compatible endpoints, and the local teacher."""
