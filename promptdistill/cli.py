@@ -7,11 +7,11 @@ them, so `promptdistill sample` starts in a fraction of a second.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from promptdistill.errors import UserError
@@ -63,7 +63,9 @@ def prompts(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="How many prompts.")] = 20,
     seed: Annotated[int, typer.Option(help="Expansion seed.")] = 0,
     heldout: Annotated[bool, typer.Option(help="Show the fixed held-out prompts instead.")] = False,
-    show_ids: Annotated[bool, typer.Option("--ids", help="Prefix each prompt with its id.")] = False,
+    show_ids: Annotated[
+        bool, typer.Option("--ids", help="Prefix each prompt with its id.")
+    ] = False,
 ) -> None:
     """Preview the expanded user prompts of a persona, one per line."""
     from promptdistill.personas import expand_prompts, heldout_prompts, load_persona
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except UserError as e:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        _print_error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
@@ -105,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         Console(stderr=True).print("aborted")
         return 130
-    except _click_errors() as e:
-        e.show()
-        return e.exit_code
+    except typer.TyperException as e:  # bad flags and arguments, raised by typer's click
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        command = " ".join(["promptdistill", *(argv if argv is not None else sys.argv[1:])[:1]])
+        _print_error(f"{message} (see `{command} --help`)")
+        return int(getattr(e, "exit_code", 2))
     return 0
 
 
-def _click_errors() -> type[Exception]:
-    import click
-
-    return click.ClickException
+def _print_error(message: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        "[bold red]error:[/] " + escape(" ".join(message.split())), markup=True
+    )
 
 
 def run() -> None:
@@ -123,6 +127,3 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
-
-
-__all__ = ["app", "main", "run", "Path"]

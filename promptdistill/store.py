@@ -212,7 +212,9 @@ class RunDir:
 
     def require(self) -> RunDir:
         if not self.path.is_dir():
-            raise UserError(f"run directory {self.path} does not exist; run `promptdistill sample` first")
+            raise UserError(
+                f"run directory {self.path} does not exist; run `promptdistill sample` first"
+            )
         return self
 
     def read_config(self) -> dict[str, Any]:

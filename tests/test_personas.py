@@ -1,0 +1,212 @@
+"""Persona and prompt-set files: every shipped file parses, expansion is deterministic,
+and each kind of bad input gets a one-line error naming the file and field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptdistill.errors import UserError
+from promptdistill.personas import (
+    count_distinct,
+    expand_prompts,
+    heldout_prompts,
+    load_all_personas,
+    load_persona,
+    persona_names,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_shipped_file_parses() -> None:
+    personas = load_all_personas(REPO)
+    assert len(personas) >= 3
+    used_sets = {s.name for p in personas for s in p.prompt_sets}
+    shipped_sets = {p.stem for p in (REPO / "prompts").glob("*.yaml")}
+    assert shipped_sets == used_sets, "every prompt set is used by a persona"
+
+
+def test_beethoven_meets_the_spec() -> None:
+    p = load_persona("beethoven", REPO)
+    words = len(p.persona.system_prompt.split())
+    assert 500 <= words <= 700, words
+    (beethoven,) = p.prompt_sets
+    assert sum(len(c.templates) for c in beethoven.categories.values()) >= 30
+    assert {"biographical", "musical", "historical", "creative", "personal"} <= set(
+        beethoven.categories
+    )
+    assert count_distinct(p) >= 5000
+    assert len(heldout_prompts(p)) >= 40
+
+
+def test_other_personas_have_distinct_prompt_sets_and_heldout() -> None:
+    for name in persona_names(REPO):
+        p = load_persona(name, REPO)
+        assert count_distinct(p) >= 1000, name
+        assert heldout_prompts(p), name
+
+
+def test_mathtutor_prompts_carry_gold_answers() -> None:
+    p = load_persona("mathtutor", REPO)
+    prompts = expand_prompts(p, 200, seed=0)
+    assert all(u.gold for u in prompts)
+    assert all(h.gold for h in heldout_prompts(p))
+
+
+def test_expansion_is_deterministic_distinct_and_prefix_stable() -> None:
+    p = load_persona("beethoven", REPO)
+    a = expand_prompts(p, 5000, seed=7)
+    b = expand_prompts(p, 5000, seed=7)
+    assert [x.text for x in a] == [x.text for x in b]
+    assert len({x.text for x in a}) == 5000
+    assert len({x.id for x in a}) == 5000
+    # growing -n keeps the prompts (and ids) already chosen, so a run can be extended
+    assert [x.id for x in expand_prompts(p, 6000, seed=7)[:5000]] == [x.id for x in a]
+    # another seed gives another order
+    assert [x.text for x in expand_prompts(p, 50, seed=8)] != [x.text for x in a[:50]]
+
+
+def test_expansion_balances_categories_and_never_emits_heldout() -> None:
+    p = load_persona("beethoven", REPO)
+    first = expand_prompts(p, 100, seed=0)
+    cats = {x.category for x in first}
+    assert len(cats) >= 5
+    heldout = {h.text for h in heldout_prompts(p)}
+    assert not heldout & {x.text for x in expand_prompts(p, 5000, seed=0)}
+
+
+def test_asking_for_more_than_exists_is_a_clear_error() -> None:
+    p = load_persona("beethoven", REPO)
+    with pytest.raises(UserError, match="yield only .* lower -n"):
+        expand_prompts(p, 10_000_000, seed=0)
+
+
+# --------------------------------------------------------------------------- bad input via CLI
+
+GOOD_PERSONA = """\
+name: pirate
+description: A pirate
+system_prompt: |
+  You are a pirate.
+prompt_sets: [pirate]
+"""
+
+GOOD_PROMPTS = """\
+name: pirate
+slots:
+  thing: [ships, rum, maps]
+categories:
+  sea:
+    templates:
+      - "Tell me about {thing}."
+      - text: "Where are the {thing}?"
+heldout:
+  - prompt: "Who are you?"
+"""
+
+
+def _run_prompts(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PROMPTDISTILL_DATA": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "promptdistill", "prompts", "pirate", "-n", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _write(root: Path, persona: str | bytes, prompts: str | bytes) -> None:
+    (root / "personas").mkdir(exist_ok=True)
+    (root / "prompts").mkdir(exist_ok=True)
+    for path, content in (
+        (root / "personas/pirate.yaml", persona),
+        (root / "prompts/pirate.yaml", prompts),
+    ):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+def test_a_good_custom_persona_works(tmp_path: Path) -> None:
+    _write(tmp_path, GOOD_PERSONA, GOOD_PROMPTS)
+    result = _run_prompts(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+
+BAD_CASES = {
+    "missing field": (
+        GOOD_PERSONA.replace("description: A pirate\n", ""),
+        GOOD_PROMPTS,
+        "personas/pirate.yaml",
+        "description",
+    ),
+    "wrong type": (
+        GOOD_PERSONA + "sampling:\n  temperature: hot\n",
+        GOOD_PROMPTS,
+        "personas/pirate.yaml:7",
+        "sampling.temperature",
+    ),
+    "empty template list": (
+        GOOD_PERSONA,
+        GOOD_PROMPTS.replace(
+            "    templates:\n"
+            '      - "Tell me about {thing}."\n'
+            '      - text: "Where are the {thing}?"\n',
+            "    templates: []\n",
+        ),
+        "prompts/pirate.yaml:6",
+        "categories.sea.templates",
+    ),
+    "unknown slot": (
+        GOOD_PERSONA,
+        GOOD_PROMPTS.replace("Tell me about {thing}.", "Tell me about {treasure}."),
+        "prompts/pirate.yaml:7",
+        "unknown slot '{treasure}'",
+    ),
+    "not utf-8": (
+        GOOD_PERSONA.encode().replace(b"A pirate", b"A pirat\xe9"),
+        GOOD_PROMPTS,
+        "personas/pirate.yaml",
+        "not UTF-8",
+    ),
+    "yaml syntax error": (
+        GOOD_PERSONA,
+        GOOD_PROMPTS.replace("thing: [ships, rum, maps]", "thing: [ships, rum, maps"),
+        "prompts/pirate.yaml",
+        "YAML syntax error",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_one_line_naming_file_and_field(tmp_path: Path, case: str) -> None:
+    persona, prompts, where, what = BAD_CASES[case]
+    _write(tmp_path, persona, prompts)
+    result = _run_prompts(tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert where in lines[0] and what in lines[0], lines[0]
+
+
+def test_unknown_persona_lists_the_known_ones(tmp_path: Path) -> None:
+    _write(tmp_path, GOOD_PERSONA, GOOD_PROMPTS)
+    env = {**os.environ, "PROMPTDISTILL_DATA": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "promptdistill", "prompts", "parrot"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "unknown persona 'parrot'" in result.stderr and "pirate" in result.stderr
