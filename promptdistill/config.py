@@ -162,3 +162,39 @@ class TrainConfig(StrictModel):
     save_every: int = Field(50, ge=1)
     eval_every: int = Field(25, ge=1)
     seed: int = 0
+
+
+# --------------------------------------------------------------------------- eval (issue #6)
+
+
+class JudgeConfig(StrictModel):
+    """The LLM judge of persona fidelity. base_url/model None: the run's teacher endpoint."""
+
+    enabled: bool = True
+    base_url: str | None = None
+    model: str | None = None
+    max_retries: int = Field(2, ge=0)  # malformed replies asked again, then the score is missing
+    http_retries: int = Field(4, ge=0)
+    retry_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(64, ge=1)
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    seed: int = 0
+
+
+class EvalConfig(StrictModel):
+    """What `promptdistill eval` measures. None: take it from RUN/config.yaml."""
+
+    base_url: str | None = None  # teacher endpoint for latency (and the default judge)
+    model: str | None = None
+    api_key_env: str | None = None
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    price_in: float | None = Field(None, ge=0)  # USD per million input tokens
+    price_out: float | None = Field(None, ge=0)  # USD per million output tokens
+    max_heldout: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    seed: int = 0
+    answer_pattern: str = r"Final Answer:\s*(.+)"
+    batch_size: int = Field(16, ge=1)
+    latency_requests: int = Field(3, ge=0)  # single-stream requests timed per model
+    classifier_train: int = Field(64, ge=0)  # train prompts the base answers for the classifier
