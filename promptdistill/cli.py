@@ -198,7 +198,9 @@ def sample(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every UserError becomes one line on stderr and a non-zero exit."""
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False: click *returns* the code of a `typer.Exit(code)` raised by a
+        # command instead of raising it, so it must be passed on here
+        rc = app(args=argv, standalone_mode=False)
     except UserError as e:
         _print_error(str(e))
         return e.exit_code
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["promptdistill", *(argv if argv is not None else sys.argv[1:])[:1]])
         _print_error(f"{message} (see `{command} --help`)")
         return int(getattr(e, "exit_code", 2))
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def _print_error(message: str) -> None:
