@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +84,8 @@ class FakeOpenAI:
     stream_delay: float = 0.0  # seconds between streamed chunks
     seed: int = 0
     record: bool = True
+    # canned answers (e.g. an LLM judge's replies): messages -> content, instead of "answer to:"
+    responder: Callable[[list[dict[str, Any]]], str] | None = None
     # filled in while running
     base_url: str = ""
     port: int = 0
@@ -230,7 +232,7 @@ class FakeOpenAI:
                 )
 
         model = body.get("model", "")
-        content = f"answer to: {prompt}"
+        content = self.responder(messages) if self.responder else f"answer to: {prompt}"
         words = content.split()
         if len(words) < self.answer_words:
             words += [f"w{i}" for i in range(self.answer_words - len(words))]
