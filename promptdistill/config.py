@@ -198,3 +198,20 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
     latency_requests: int = Field(3, ge=0)  # single-stream requests timed per model
     classifier_train: int = Field(64, ge=0)  # train prompts the base answers for the classifier
+
+
+class CompareConfig(StrictModel):
+    """What `promptdistill compare` changes on top of the run's recorded configuration.
+
+    None: take it from RUN/config.yaml (the teacher and sampling of `sample`, the student of
+    `train`); `/temp`, `/max` and `/seed` change the sampling during the session.
+    """
+
+    base_url: str | None = None  # teacher endpoint; None and none recorded: the local teacher
+    model: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    seed: int | None = None
+    base: bool = False  # start with the base-model column shown
