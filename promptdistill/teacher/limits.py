@@ -3,12 +3,12 @@
 Why not aiolimiter: `AsyncLimiter(R, 60)` is a leaky bucket that starts empty, so the first R
 requests pass at once (aiolimiter issues #200, #298). Endpoints that enforce their limit over
 windows shorter than a minute answer that burst with 429s. Here every limit is a *schedule*:
-each caller reserves the next free slot on a virtual clock (as in GCRA, zero burst tolerance),
-so requests leave at most one interval apart from the very first one, and an endpoint that
-counts per second never sees more than R/60 + 1 requests in a second.
+a virtual clock (as in GCRA, with zero burst tolerance) that each request advances by
+`cost / rate` when it leaves, so requests leave at least one interval apart from the very first
+one, and an endpoint that counts per second never sees more than R/60 + 1 requests in a second.
 
-Tokens work the same way, in token-seconds: a request reserves `estimate / (T/60)` seconds of
-the token clock before it goes (estimate = prompt tokens + max_tokens, as curator does), and
+Tokens work the same way, in token-seconds: a request advances the token clock by
+`estimate / (T/60)` before it goes (estimate = prompt tokens + max_tokens, as curator does), and
 once the usage comes back the difference is refunded or charged by moving the clock.
 
 On a 429 the engine also (1) pauses all dispatch until the server's retry-after has passed and
@@ -19,50 +19,49 @@ On a 429 the engine also (1) pauses all dispatch until the server's retry-after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 
 
 class RateSchedule:
-    """Hands out departure times at most `1/rate_per_s` apart, with no initial burst.
+    """Lets requests go at most `1/rate_per_s` apart (per unit of cost), with no initial burst.
 
-    `reserve(cost)` books `cost / rate_per_s` seconds of the clock; `adjust(delta)` moves the
-    clock when the real cost is known. A global pause (retry-after) shifts the whole schedule,
-    the slots already booked included, so their spacing is kept and none is wasted.
+    Callers queue in order; only the head of the queue watches the clock, and it books its slot
+    at the moment it leaves. Booking late (not when a caller arrives) matters for tokens: a
+    refund (`adjust`) made while others wait lets the very next one go sooner, instead of
+    everyone keeping slots booked from the pessimistic estimate. A pause (retry-after) holds
+    the head until it is over; the spacing after it is kept, so it ends without a burst.
     """
 
     def __init__(self, rate_per_s: float | None) -> None:
         self.rate_per_s = rate_per_s
-        self._next = 0.0  # monotonic time of the next free slot
+        self._next = 0.0  # monotonic time at which the next caller may leave
         self.paused_until = 0.0
-        self._shift = 0.0  # total seconds all booked slots were pushed back by pauses
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()  # the clock moved earlier or later: re-check
 
     def pause(self, seconds: float) -> None:
-        now = time.monotonic()
-        until = now + seconds
-        if until <= self.paused_until:
-            return
-        shift = until - max(now, self.paused_until)
-        self.paused_until = until
-        self._shift += shift
-        self._next = self._next + shift if self._next > now else until
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self._changed.set()
 
     async def reserve(self, cost: float = 1.0) -> None:
-        now = time.monotonic()
-        if self.rate_per_s is None:
-            slot = max(now, self.paused_until)
-        else:
-            # max(now, ...): a slot never lies in the past, so idle time is not saved up into a
-            # burst later
-            slot = max(now, self._next, self.paused_until)
-            self._next = slot + cost / self.rate_per_s
-        shift0 = self._shift
-        while True:
-            target = slot + (self._shift - shift0)  # pauses set while we slept push us back
-            if target <= now:
-                return
-            await asyncio.sleep(target - now)
-            now = time.monotonic()
+        if self.rate_per_s is None:  # only the pause applies
+            while (wait := self.paused_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                start = max(self._next, self.paused_until)
+                if start <= now:
+                    break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(start - now):
+                        await self._changed.wait()
+            # max(now, ...): idle time is not saved up into a burst later
+            self._next = max(now, self._next) + cost / self.rate_per_s
 
     def adjust(self, delta_cost: float) -> None:
         """Charge (delta > 0) or refund (delta < 0) a reservation once the true cost is known."""
@@ -70,6 +69,7 @@ class RateSchedule:
             return
         # a refund cannot create credit in the past (that would be a burst)
         self._next = max(self._next + delta_cost / self.rate_per_s, time.monotonic())
+        self._changed.set()
 
 
 class AdaptiveConcurrency:
