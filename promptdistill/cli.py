@@ -169,7 +169,9 @@ def sample(
     except ValueError as e:  # pydantic's ValidationError is a ValueError
         raise UserError(f"invalid option: {' '.join(str(e).split())}") from None
     console = _console()
-    summary = sample_run(config, RunDir(run_dir), console=console, log_every_s=log_every)
+    summary = sample_run(
+        config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded
+    )
     console.print(summary_table(summary))
     if summary.complete:
         console.print(f"all {summary.requested} prompts answered: {RunDir(run_dir).samples}")
