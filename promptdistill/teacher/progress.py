@@ -156,6 +156,7 @@ def summary_table(summary: SampleSummary) -> Table:
     if summary.min_concurrency < summary.max_concurrency:
         t.add_row("concurrency (lowest after 429s)", f"{summary.min_concurrency}")
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
-    if summary.elapsed_s > 0 and summary.answered_now:
-        t.add_row("throughput", f"{summary.answered_now / summary.elapsed_s:.1f} req/s")
+    if summary.sampling_s > 0 and summary.answered_now:
+        rate = summary.answered_now / summary.sampling_s
+        t.add_row("sampling phase", f"{rate:.1f} req/s over {summary.sampling_s:.2f} s")
     return t

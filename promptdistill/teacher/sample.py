@@ -164,8 +164,11 @@ def sample_run(
     log_every_s: float = 5.0,
     log: Callable[[str], None] | None = None,
     handle_sigint: bool = True,
+    persona: LoadedPersona | None = None,
 ) -> SampleSummary:
     """Answer every prompt of `config` into `run`. Resumable; see the module docstring.
+
+    `persona` may pass in `config.persona` already loaded (the CLI loads it for its defaults).
 
     Raises UserError for bad input and for fatal endpoint errors (401/403/404, unreachable);
     answers received before a fatal error stay on disk.
@@ -173,7 +176,7 @@ def sample_run(
     started = time.monotonic()
     console = console or Console(highlight=False)
     say = log or (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
-    persona = _load_persona(config.persona)
+    persona = persona or _load_persona(config.persona)
     prompts = expand_prompts(persona, config.n, config.seed)
     if config.include_heldout:
         prompts = heldout_prompts(persona) + prompts
@@ -241,7 +244,7 @@ async def _sample_async(
     s = config.sampling
     teacher_info = {
         "base_url": summary.base_url,
-        "model": model,
+        "model": config.teacher.model,  # the local teacher's `model` is a cache path
         "sampling": s.model_dump(mode="json"),
     }
     system_prompt = persona.persona.system_prompt
@@ -260,7 +263,12 @@ async def _sample_async(
     loop = asyncio.get_running_loop()
     sampling_start = time.monotonic()
     last_answer = sampling_start
-    with JsonlWriter(run.samples) as samples, JsonlWriter(run.failures) as failures:
+    # every line is flushed to the OS as it is written (kill -9 loses nothing); an fsync (for
+    # power cuts) blocks the event loop for ~10 ms, so it is done every 1024 samples only
+    with (
+        JsonlWriter(run.samples, fsync_every=1024) as samples,
+        JsonlWriter(run.failures) as failures,
+    ):
 
         def on_sample(job: Job, r: ChatResult, attempts: int) -> None:
             nonlocal last_answer
