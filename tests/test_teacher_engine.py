@@ -183,3 +183,18 @@ def test_pool_is_bounded_and_pulls_prompts_lazily() -> None:
     # this test's own two tasks: it grows with the concurrency, never with the 20k prompts
     assert peak_tasks <= 2 * concurrency + 4
     assert done >= 1500 and pulled_n <= done + concurrency + 1
+
+
+def test_failures_of_an_earlier_run_are_asked_again_on_rerun(tmp_path: Path) -> None:
+    persona = write_persona(tmp_path, values=4, heldout=0)
+    run = tmp_path / "run"
+    with start_fake_server(faults=[Fault("status", status=400, match="a1 about")]) as server:
+        first = _run(_config(persona, 16, server.base_url), run)
+        assert first.failed == 4 and len(failures(run)) == 4
+        server.faults = []  # whatever made them fail is fixed
+        second = _run(_config(persona, 16, server.base_url), run)
+        asked = dict(server.asked)
+    assert second.answered_before == 12 and second.answered_now == 4 and second.complete
+    assert failures(run) == []  # the file lists the latest run's failures only
+    assert len(samples(run)) == 16
+    assert all(k == (2 if "a1 about" in p else 1) for p, k in asked.items())

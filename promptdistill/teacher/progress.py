@@ -158,5 +158,6 @@ def summary_table(summary: SampleSummary) -> Table:
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
     if summary.sampling_s > 0 and summary.answered_now:
         rate = summary.answered_now / summary.sampling_s
-        t.add_row("sampling phase", f"{rate:.1f} req/s over {summary.sampling_s:.2f} s")
+        shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"  # a slow local teacher: 0.04
+        t.add_row("sampling phase", f"{shown} req/s over {summary.sampling_s:.2f} s")
     return t
