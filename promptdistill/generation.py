@@ -84,7 +84,6 @@ class Answer:
         """The JSON form used by `--json` and `/save`."""
         ttft, tps = self.ttft_s, self.tokens_per_s
         return {
-            "model": self.title,
             "text": self.text,
             "error": self.error,
             "stopped": self.stopped,

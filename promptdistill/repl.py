@@ -87,7 +87,8 @@ def repl(session: CompareSession, view: View, read_line: Callable[[], str]) -> i
 @dataclass
 class Side:
     name: str  # "teacher", "student", "base"
-    title: str  # the model, as the panel header shows it
+    model: str  # the model's name, for records
+    title: str  # what the panel header says about it
     chat: Chat
     system_prompt: str | None = None  # only the teacher's
     history: list[Message] = field(default_factory=list)
@@ -102,8 +103,10 @@ class Exchange:
     prompt: str
     turn: int
     sides: list[Side]
+    messages: list[list[Message]]  # what each side is sent
     answers: list[Answer]
     sampling: SamplingParams
+    time: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat("T", "seconds"))
     stopped: bool = False
 
 
@@ -142,15 +145,18 @@ class CompareSession:
 
     def new_exchange(self, prompt: str) -> Exchange:
         sides = self.sides()
+        messages = [s.messages(prompt) for s in sides]
         answers = [Answer(s.name, s.title) for s in sides]
-        return Exchange(prompt, self.turn, sides, answers, self.sampling)
+        return Exchange(prompt, self.turn, sides, messages, answers, self.sampling)
 
     def answer(self, exchange: Exchange) -> None:
         """Every side at the same time. Ctrl-C makes the runner cancel them all (each waits for
         its generation to stop) and then raises KeyboardInterrupt here."""
         jobs = [
-            (side.chat, side.messages(exchange.prompt), answer)
-            for side, answer in zip(exchange.sides, exchange.answers, strict=True)
+            (side.chat, messages, answer)
+            for side, messages, answer in zip(
+                exchange.sides, exchange.messages, exchange.answers, strict=True
+            )
         ]
         self.runner.run(answer_all(jobs, exchange.sampling))
 
@@ -168,15 +174,18 @@ class CompareSession:
     def record(self, exchange: Exchange) -> dict[str, Any]:
         """One JSON object per exchange, for `--json` and `/save`."""
         rec: dict[str, Any] = {
-            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "time": exchange.time,
             "run": str(self.run.path),
             "persona": self.persona,
             "turn": exchange.turn,
             "prompt": exchange.prompt,
             "sampling": exchange.sampling.model_dump(),
         }
-        for side, answer in zip(exchange.sides, exchange.answers, strict=True):
-            rec[side.name] = {**answer.record(), "history_turns": len(side.history) // 2}
+        for side, messages, answer in zip(
+            exchange.sides, exchange.messages, exchange.answers, strict=True
+        ):
+            earlier = sum(m["role"] == "user" for m in messages) - 1
+            rec[side.name] = {"model": side.model, **answer.record(), "earlier_turns": earlier}
         return rec
 
     def banner(self) -> str:
@@ -420,7 +429,7 @@ def open_session(
     def load_base() -> Side:
         base_model = load_causal_lm(r.student.model, r.student.dtype)
         chat = LocalChat(base_model, tokenizer, render)
-        return Side("base", f"{student_name} · no prompt, no adapter", chat)
+        return Side("base", r.student.model, f"{student_name} · no prompt, no adapter", chat)
 
     session = CompareSession(
         run,
@@ -428,12 +437,14 @@ def open_session(
         system_prompt,
         Side(
             "teacher",
+            model,
             f"{Path(model).name if model.startswith('/') else model} @ {where} · system prompt",
             teacher_chat,
             system_prompt,
         ),
         Side(
             "student",
+            f"{r.student.model} + {r.adapter}",
             f"{student_name} + adapter · no prompt",
             LocalChat(student_model, tokenizer, render),
         ),
