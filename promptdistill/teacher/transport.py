@@ -176,8 +176,12 @@ class Transport:
         connector = aiohttp.TCPConnector(
             limit=self._concurrency, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
         )
+        # no cookie jar: chat APIs are stateless, and parsing cookies costs time per request
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers
+            connector=connector,
+            timeout=self._timeout,
+            headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 
