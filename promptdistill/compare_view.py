@@ -183,10 +183,13 @@ def _no_echo() -> Iterator[None]:
     """
     try:
         import termios
-
+    except ImportError:  # not POSIX: nothing to do
+        yield
+        return
+    try:
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError):  # not a terminal (or not POSIX): nothing to do
+    except (OSError, ValueError, termios.error):  # stdin is not a terminal
         yield
         return
     quiet = list(saved)

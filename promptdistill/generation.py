@@ -291,10 +291,13 @@ class LocalChat:
         model: Any,
         tokenizer: Any,
         render: Callable[[Sequence[Message]], list[int]],
+        stop_ids: Sequence[int] = (),
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.render = render
+        # end-of-turn ids besides the model's EOS (e.g. ChatML's <|im_end|>)
+        self.stop_ids = list(stop_ids)
 
     async def answer(
         self, messages: Sequence[Message], sampling: SamplingParams, out: Answer
@@ -330,6 +333,20 @@ class LocalChat:
             stop.set()  # the stopping criterion sees it before the next token
             await asyncio.shield(asyncio.to_thread(thread.join))
             out.finish()
+
+    def warm_up(self) -> None:
+        """Generate two tokens once, so the first real answer's time to first token measures
+        the model, not one-off start-up costs (allocator, kernel selection: ~0.5 s on CPU)."""
+        import torch
+
+        ids = self.render([{"role": "user", "content": "Hi"}])
+        with torch.inference_mode():
+            input_ids_1T = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+            self.model.generate(
+                input_ids=input_ids_1T,
+                attention_mask=torch.ones_like(input_ids_1T),
+                generation_config=self._generation_config(SamplingParams(max_tokens=2)),
+            )
 
     def _generate(
         self,
@@ -371,13 +388,17 @@ class LocalChat:
         # sampling happens in our processor with a private RNG, so `/seed` reproduces an answer
         # even while another model samples in the next thread.
         base = self.model.generation_config
-        eos = base.eos_token_id if base.eos_token_id is not None else self.tokenizer.eos_token_id
+        eos: list[int] = []
+        for ids in (base.eos_token_id, self.tokenizer.eos_token_id, self.stop_ids):
+            for i in ids if isinstance(ids, list | tuple) else [ids]:
+                if i is not None and int(i) not in eos:
+                    eos.append(int(i))
         pad = base.pad_token_id if base.pad_token_id is not None else self.tokenizer.pad_token_id
         return GenerationConfig(
             max_new_tokens=sampling.max_tokens,
             do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=pad if pad is not None else eos,
+            eos_token_id=eos or None,
+            pad_token_id=pad if pad is not None else (eos[0] if eos else None),
             bos_token_id=base.bos_token_id,
         )
 

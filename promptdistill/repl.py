@@ -347,13 +347,12 @@ def _student_config(run: RunDir, adapter: Path) -> StudentConfig:
 
 
 def render_fn(tokenizer: Any) -> Callable[[Sequence[Message]], list[int]]:
-    """Token ids of a conversation plus the assistant header, as training rendered it."""
+    """Token ids of a conversation plus the assistant header, rendered by the very function
+    training used (datums.py), so the student sees at inference what it saw in training."""
+    from promptdistill.datums import _render
 
     def render(messages: Sequence[Message]) -> list[int]:
-        ids = tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return list(ids)
+        return _render(tokenizer, list(messages), generation_prompt=True)
 
     return render
 
@@ -390,11 +389,13 @@ def open_session(
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
+    from promptdistill.datums import end_of_turn_ids
     from promptdistill.models import load_causal_lm, load_tokenizer
 
     torch.set_grad_enabled(False)
     tokenizer = load_tokenizer(r.student.model)
     render = render_fn(tokenizer)
+    stop_ids = sorted(end_of_turn_ids(tokenizer))  # EOS and <|im_end|>, as training taught
     try:
         student_model = PeftModel.from_pretrained(
             load_causal_lm(r.student.model, r.student.dtype), str(r.adapter), is_trainable=False
@@ -405,6 +406,8 @@ def open_session(
             f"{' '.join(str(e).split())[:300]}"
         ) from None
     student_model.eval()
+    student_chat = LocalChat(student_model, tokenizer, render, stop_ids)
+    student_chat.warm_up()
     student_name = Path(r.student.model).name
 
     if teacher_cfg.base_url is None:
@@ -428,7 +431,8 @@ def open_session(
 
     def load_base() -> Side:
         base_model = load_causal_lm(r.student.model, r.student.dtype)
-        chat = LocalChat(base_model, tokenizer, render)
+        chat = LocalChat(base_model, tokenizer, render, stop_ids)
+        chat.warm_up()
         return Side("base", r.student.model, f"{student_name} · no prompt, no adapter", chat)
 
     session = CompareSession(
@@ -446,7 +450,7 @@ def open_session(
             "student",
             f"{r.student.model} + {r.adapter}",
             f"{student_name} + adapter · no prompt",
-            LocalChat(student_model, tokenizer, render),
+            student_chat,
         ),
         r.sampling,
         load_base,

@@ -277,6 +277,9 @@ def test_terminal_side_by_side_ctrl_c_and_quit(
         tty.type_line("/quit")
         tty.wait_for(lambda s: "compare exited with 0" in s, "the REPL to exit")
     assert server.asked["Tell me a long story"] == 1
+    # readline history survives the session, for the next one
+    history = (tmp_path / "home" / "compare_history").read_text()
+    assert "Who are you?" in history and "/max 4000" in history
 
 
 def test_terminal_narrow_stacks_and_shows_endpoint_error(
