@@ -38,18 +38,19 @@ def test_every_prompt_answered_exactly_once_with_its_own_answer_under_faults(
     tmp_path: Path,
 ) -> None:
     persona = write_persona(tmp_path)
+    # each fault hits only a prompt's first or second request, so no prompt waits long
     faults = [
-        Fault("status", status=429, retry_after_ms=50, prob=0.1),
-        Fault("status", status=500, prob=0.05),
-        Fault("status", status=502, first=1, prob=0.05),
-        Fault("status", status=503, prob=0.03),
-        Fault("status", status=408, prob=0.03),
-        Fault("status", status=409, prob=0.03),
-        Fault("drop", prob=0.05),
-        Fault("truncate", prob=0.05),
-        Fault("malformed", prob=0.05),
-        Fault("empty", first=1, prob=0.05),
-        Fault("slow", delay=1.5, first=1, prob=0.02),
+        Fault("status", status=429, retry_after_ms=50, prob=0.1, first=2),
+        Fault("status", status=500, prob=0.05, first=1),
+        Fault("status", status=502, prob=0.05, first=1),
+        Fault("status", status=503, prob=0.03, first=2),
+        Fault("status", status=408, prob=0.03, first=1),
+        Fault("status", status=409, prob=0.03, first=1),
+        Fault("drop", prob=0.05, first=2),
+        Fault("truncate", prob=0.05, first=1),
+        Fault("malformed", prob=0.05, first=2),
+        Fault("empty", prob=0.05, first=1),
+        Fault("slow", delay=1.5, prob=0.02, first=1),
     ]
     with start_fake_server(latency=0.01, faults=faults, seed=1) as server:
         config = _config(persona, 300, server.base_url, concurrency=32, timeout_s=0.5)
@@ -103,7 +104,7 @@ def test_429_lowers_concurrency_and_retry_after_is_honoured(tmp_path: Path) -> N
     persona = write_persona(tmp_path, heldout=0)
     # the endpoint allows 4 requests in flight and answers the rest 429, retry after 300 ms
     with start_fake_server(latency=0.1, max_in_flight=4, limit_retry_after_ms=300) as server:
-        summary = _run(_config(persona, 60, server.base_url, concurrency=32), tmp_path / "run")
+        summary = _run(_config(persona, 40, server.base_url, concurrency=32), tmp_path / "run")
         arrivals = list(server.arrivals)
     assert summary.complete and summary.rate_limited > 0
     assert summary.min_concurrency <= 8  # halved at least twice from 32

@@ -75,23 +75,22 @@ def test_pause_holds_everyone_then_resumes_evenly() -> None:
     assert stamps[-1] < 1.0  # and no time was wasted after it
 
 
-def test_adaptive_concurrency_halves_once_per_cooldown_then_climbs_back() -> None:
+def test_adaptive_concurrency_halves_once_per_round_trip_then_climbs_back() -> None:
     c = AdaptiveConcurrency(32, cooldown_s=0.2, increase=1.0)
-    assert c.on_rate_limited() is True
+    sent = time.monotonic()  # a wave of requests sent under the old limit
+    assert c.on_rate_limited(sent) is True
     assert c.limit == 16
-    assert c.on_rate_limited() is False  # the rest of the in-flight 429s don't cut again
+    assert c.on_rate_limited(sent) is False  # the rest of that wave does not cut again
     c.on_success()
     assert c.limit == 16  # held during the cooldown
     time.sleep(0.25)
     for _ in range(5):
         c.on_success()
     assert c.limit == 21
-    assert c.on_rate_limited() is True and c.limit == 10
+    assert c.on_rate_limited(time.monotonic()) is True and c.limit == 10  # sent after the cut
     assert c.min_seen == 10
     for _ in range(10):
-        c.on_rate_limited()
-        time.sleep(0.001)
-        c._last_cut = -1e9  # pretend the cooldown passed
+        c.on_rate_limited(time.monotonic())
     assert c.limit == 1  # floor
 
 
@@ -99,7 +98,7 @@ def test_in_flight_never_exceeds_the_current_limit() -> None:
     async def go() -> int:
         limits = Limits(concurrency=8, rpm=None, tpm=None)
         c = limits.concurrency
-        c.on_rate_limited()  # limit 4
+        c.on_rate_limited(time.monotonic())  # limit 4
         peak = 0
 
         async def one() -> None:

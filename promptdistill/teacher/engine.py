@@ -212,10 +212,11 @@ class Engine:
         state.attempts += 1
         limits = self.limits
         await limits.acquire(estimate)
+        sent_at = time.monotonic()
         try:
             result = await self.transport.chat(body)
         except RetryableError as e:
-            self._on_retryable(e, estimate, state)
+            self._on_retryable(e, estimate, state, sent_at)
             raise
         except BaseException:
             limits.tokens.adjust(-estimate)  # never sent, or cancelled: give the budget back
@@ -239,7 +240,9 @@ class Engine:
             limits.tokens.adjust(total - estimate)  # refund (or charge) the estimate
         return result
 
-    def _on_retryable(self, e: RetryableError, estimate: int, state: _JobState) -> None:
+    def _on_retryable(
+        self, e: RetryableError, estimate: int, state: _JobState, sent_at: float
+    ) -> None:
         """Bookkeeping for one failed attempt; may turn it into a failure or a fatal error."""
         state.last_kind = e.kind
         self.stats.last_error = str(e)
@@ -247,7 +250,7 @@ class Engine:
             self.limits.tokens.adjust(-estimate)  # the endpoint did no work for it
         if e.kind == "rate_limit":
             self.stats.rate_limited += 1
-            self.limits.concurrency.on_rate_limited(e.retry_after)
+            self.limits.concurrency.on_rate_limited(sent_at)
             if e.retry_after:
                 self.limits.pause(e.retry_after)
         if e.kind == "unreachable":

@@ -75,8 +75,9 @@ class RateSchedule:
 class AdaptiveConcurrency:
     """How many requests may be in flight: `limit` between 1 and `maximum`.
 
-    429 -> halve (at most once per `cooldown_s`, since the requests already in flight will
-    bounce too and must not halve it again); hold for the cooldown; then each success adds
+    429 -> halve, but only for a request sent *after* the last cut: the requests already in
+    flight then were sent under the old limit and will bounce too (TCP cuts once per round
+    trip for the same reason). After a cut, hold for `cooldown_s`; then each success adds
     `increase` slots, so the limit climbs back linearly.
     """
 
@@ -125,13 +126,12 @@ class AdaptiveConcurrency:
             self._limit = min(float(self.maximum), self._limit + self.increase)
             self._wake()
 
-    def on_rate_limited(self, retry_after: float | None = None) -> bool:
-        """Halve the limit unless it was just cut. Returns True when it was cut."""
-        now = time.monotonic()
-        hold = max(self.cooldown_s, retry_after or 0.0)
-        if now - self._last_cut < hold:
+    def on_rate_limited(self, sent_at: float) -> bool:
+        """Halve the limit unless the request was sent before the last cut (time.monotonic()).
+        Returns True when it was cut."""
+        if sent_at < self._last_cut:
             return False
-        self._last_cut = now
+        self._last_cut = time.monotonic()
         self._limit = max(1.0, self._limit / 2)
         self.min_seen = min(self.min_seen, self.limit)
         return True
