@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from promptdistill.config import SampleConfig, SamplingParams
 from promptdistill.errors import UserError
 from promptdistill.personas import LoadedPersona, UserPrompt, expand_prompts, heldout_prompts
 from promptdistill.personas import load_persona as _load_persona
-from promptdistill.store import JsonlWriter, RunDir, atomic_write_bytes, read_jsonl, redact_url
+from promptdistill.store import JsonlWriter, RunDir, atomic_write_bytes, redact_url
 from promptdistill.teacher.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.teacher.limits import Limits
 from promptdistill.teacher.progress import Progress
@@ -137,7 +138,7 @@ def check_compatible(run: RunDir, config: SampleConfig, persona: LoadedPersona) 
                     "or use a new --run directory"
                 )
     # the persona file may have been edited since: compare the system prompt itself
-    for record in read_jsonl(run.samples):
+    for record in _complete_records(run.samples):
         messages = record.get("messages") or []
         system = messages[0] if messages and messages[0].get("role") == "system" else None
         if system is not None and system.get("content") != persona.persona.system_prompt:
@@ -146,6 +147,28 @@ def check_compatible(run: RunDir, config: SampleConfig, persona: LoadedPersona) 
                 f"{persona.path} has now; use a new --run directory"
             )
         break
+
+
+def _complete_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, streamed line by line (samples.jsonl of 100k answers with a
+    long system prompt in each is hundreds of MB; `store.read_jsonl` reads it whole). Same
+    rules as read_jsonl: a torn last line is skipped, a bad line elsewhere is an error."""
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        previous: bytes | None = None
+        for number, line in enumerate(f):  # `number` is the previous line's 1-based number
+            if previous is not None:
+                try:
+                    yield orjson.loads(previous)
+                except orjson.JSONDecodeError:
+                    raise UserError(
+                        f"{path}:{number}: not valid JSON; fix or delete that line"
+                    ) from None
+            previous = line if line.strip() else None
+        if previous is not None and previous.endswith(b"\n"):
+            with contextlib.suppress(orjson.JSONDecodeError):  # garbage from a crash: skip
+                yield orjson.loads(previous)
 
 
 def _job(p: UserPrompt, system_prompt: str) -> Job:
@@ -185,7 +208,7 @@ def sample_run(
     api_key = read_api_key(config) if config.teacher.base_url else None
 
     wanted = {p.id for p in prompts}
-    done_ids = {r["id"] for r in read_jsonl(run.samples) if r.get("id") in wanted}
+    done_ids = {r["id"] for r in _complete_records(run.samples) if r.get("id") in wanted}
     todo = [p for p in prompts if p.id not in done_ids]
     base = config.teacher.base_url
     summary = SampleSummary(
@@ -324,6 +347,11 @@ async def _sample_async(
                 except FatalError as e:
                     fatal = e
                     finished = False
+                except OSError as e:  # writing a sample failed: disk full, folder removed
+                    raise UserError(
+                        f"cannot write to {run.path}: {e.strerror or e}; free some space or "
+                        "check the folder, then rerun the same command to go on"
+                    ) from None
         finally:
             if handle_sigint:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
