@@ -44,6 +44,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_requests_per_minute_hold_in_every_second_including_the_first(tmp_path: Path) -> None:
     persona = write_persona(tmp_path)
     with start_fake_server() as server:
@@ -58,6 +59,7 @@ def test_requests_per_minute_hold_in_every_second_including_the_first(tmp_path: 
     assert max(windows) <= 300 / 60 + 1, windows
 
 
+@pytest.mark.slow
 def test_tokens_per_minute_hold_within_one_request(tmp_path: Path) -> None:
     persona = write_persona(tmp_path)
     with start_fake_server() as server:
@@ -75,6 +77,7 @@ def test_tokens_per_minute_hold_within_one_request(tmp_path: Path) -> None:
     assert span >= (used - 100 - biggest) / 100  # spread out, not sent at once
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_exactly_n_samples_without_asking_twice(tmp_path: Path) -> None:
     persona = write_persona(tmp_path)
     run = tmp_path / "run"

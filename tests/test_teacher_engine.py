@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from fake_openai import Fault, start_fake_server
 from fixtures_openai import answer, failures, samples, user_prompt, write_persona
 from rich.console import Console
@@ -34,6 +35,7 @@ def _run(config: SampleConfig, run: Path) -> SampleSummary:
     return sample_run(config, RunDir(run), console=quiet, live=False, handle_sigint=False)
 
 
+@pytest.mark.slow
 def test_every_prompt_answered_exactly_once_with_its_own_answer_under_faults(
     tmp_path: Path,
 ) -> None:
