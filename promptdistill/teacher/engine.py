@@ -62,6 +62,7 @@ class EngineStats:
     truncated: int = 0
     retries: int = 0
     rate_limited: int = 0
+    in_flight: int = 0  # requests sent and not yet answered (not those waiting for a slot)
     output_tokens: int = 0
     input_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -213,6 +214,7 @@ class Engine:
         limits = self.limits
         await limits.acquire(estimate)
         sent_at = time.monotonic()
+        self.stats.in_flight += 1
         try:
             result = await self.transport.chat(body)
         except RetryableError as e:
@@ -222,6 +224,7 @@ class Engine:
             limits.tokens.adjust(-estimate)  # never sent, or cancelled: give the budget back
             raise
         finally:
+            self.stats.in_flight -= 1
             limits.concurrency.release()
         self._ever_succeeded = True
         self._unreachable_streak = 0

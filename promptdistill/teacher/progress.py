@@ -77,7 +77,7 @@ class Progress:
         eta = left / rps if rps > 0 else float("inf")
         return (
             f"sample: {s.done}/{s.total} done, {s.failed} failed, "
-            f"{self.concurrency.in_flight} in flight, {rps:.1f} req/s, {tps:.0f} out tok/s, "
+            f"{s.in_flight} in flight, {rps:.1f} req/s, {tps:.0f} out tok/s, "
             f"{s.retries} retries ({s.rate_limited} x 429), concurrency {self.concurrency.limit}"
             f"/{self.concurrency.maximum}, ETA {_duration(eta)}"
         )
@@ -93,7 +93,7 @@ class Progress:
         table.add_row(
             "done", f"[bold green]{s.done}[/]/{s.total}",
             "failed", f"[red]{s.failed}[/]" if s.failed else "0",
-            "in flight", f"{self.concurrency.in_flight}",
+            "in flight", f"{s.in_flight}",
         )  # fmt: skip
         table.add_row(
             "req/s", f"{rps:.1f}",
