@@ -330,7 +330,7 @@ def compare(
             view.info(session.banner())
         else:
             read = stream_reader()
-        failed = repl(session, view, read)
+        failed = repl(session, view, read, interactive)
     if failed and not interactive:
         raise typer.Exit(1)
 

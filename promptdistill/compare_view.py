@@ -243,5 +243,5 @@ class JsonView(PlainView):
         self.out.flush()
 
     def block(self, title: str, text: str) -> None:
-        self.out.write(orjson.dumps({title: text}).decode() + "\n")
+        self.out.write(orjson.dumps({"title": title, "text": text}).decode() + "\n")
         self.out.flush()

@@ -50,8 +50,14 @@ type a prompt to ask every side at once; Ctrl-C stops the answers, Ctrl-D quits
 # --------------------------------------------------------------------------- the loop
 
 
-def repl(session: CompareSession, view: View, read_line: Callable[[], str]) -> int:
-    """Read, dispatch, ask every side at once, show. Returns how many exchanges had an error."""
+def repl(
+    session: CompareSession, view: View, read_line: Callable[[], str], interactive: bool = True
+) -> int:
+    """Read, dispatch, ask every side at once, show. Returns how many exchanges had an error.
+
+    Ctrl-C during an answer stops every side and, at a terminal, returns to the prompt; a
+    script (`interactive=False`) is stopped altogether, as scripts expect.
+    """
     failed = 0
     while True:
         try:
@@ -72,6 +78,8 @@ def repl(session: CompareSession, view: View, read_line: Callable[[], str]) -> i
             with view.streaming(exchange.answers):
                 session.answer(exchange)
         except KeyboardInterrupt:  # the runner has cancelled both sides and waited for them
+            if not interactive:
+                raise
             exchange.stopped = True
         view.exchange(exchange.prompt, exchange.answers, session.record(exchange))
         if exchange.stopped:

@@ -26,8 +26,6 @@ from fixtures_openai import TINY_SYSTEM, cli_env, write_persona
 from promptdistill.config import SampleConfig, SamplingParams, TeacherConfig
 from promptdistill.store import RunDir, read_jsonl
 
-pytestmark = pytest.mark.slow  # every test starts the CLI, which imports torch (~5 s)
-
 TIMEOUT_S = 120
 
 
@@ -92,6 +90,7 @@ def compare(
 # --------------------------------------------------------------------------- scripts
 
 
+@pytest.mark.slow  # starts the CLI, which imports torch (~5 s)
 def test_prompt_prints_teacher_then_student(tmp_path: Path, student: tuple[Path, Path]) -> None:
     with start_fake_server() as server:
         run = make_run(tmp_path, student, server.base_url)
@@ -108,6 +107,7 @@ def test_prompt_prints_teacher_then_student(tmp_path: Path, student: tuple[Path,
     assert server.asked["Who are you?"] == 1
 
 
+@pytest.mark.slow  # starts the CLI, which imports torch (~5 s)
 def test_piped_stdin_json_history_save_and_base(tmp_path: Path, student: tuple[Path, Path]) -> None:
     key_file = tmp_path / "key.txt"
     key_file.write_text("sk-test-right-key-1234\n")
@@ -142,6 +142,7 @@ def test_piped_stdin_json_history_save_and_base(tmp_path: Path, student: tuple[P
     assert "sk-test-right-key" not in (run / "compare.jsonl").read_text()
 
 
+@pytest.mark.slow  # starts the CLI, which imports torch (~5 s)
 def test_teacher_error_shows_and_student_still_answers(
     tmp_path: Path, student: tuple[Path, Path]
 ) -> None:
@@ -241,6 +242,7 @@ def terminal(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
         t.close()
 
 
+@pytest.mark.slow  # starts the CLI, which imports torch (~5 s)
 def test_terminal_side_by_side_ctrl_c_and_quit(
     tmp_path: Path, student: tuple[Path, Path], terminal: Callable[..., Tmux]
 ) -> None:
@@ -282,6 +284,7 @@ def test_terminal_side_by_side_ctrl_c_and_quit(
     assert "Who are you?" in history and "/max 4000" in history
 
 
+@pytest.mark.slow  # starts the CLI, which imports torch (~5 s)
 def test_terminal_narrow_stacks_and_shows_endpoint_error(
     tmp_path: Path, student: tuple[Path, Path], terminal: Callable[..., Tmux]
 ) -> None:
@@ -307,3 +310,71 @@ def test_terminal_narrow_stacks_and_shows_endpoint_error(
         assert " tok · prompt" in student_block and "waiting" not in student_block
         tty.send("C-d")
         tty.wait_for(lambda s: "compare exited with 0" in s, "Ctrl-D to exit")
+
+
+# --------------------------------------------------------------------------- in process (fast)
+
+
+def test_run_without_sample_or_adapter_is_a_one_line_user_error(tmp_path: Path) -> None:
+    from promptdistill.config import CompareConfig
+    from promptdistill.errors import UserError
+    from promptdistill.repl import resolve
+
+    run = RunDir(tmp_path / "run").create()
+    with pytest.raises(UserError, match="promptdistill sample"):
+        resolve(run, CompareConfig())
+    sample = SampleConfig(persona="beethoven", n=1, teacher=TeacherConfig(base_url="http://x/v1"))
+    run.save_stage_config("sample", sample.model_dump(mode="json"))
+    with pytest.raises(UserError, match="promptdistill train"):
+        resolve(run, CompareConfig())
+
+
+def test_flags_override_the_recorded_teacher_and_sampling(
+    tmp_path: Path, student: tuple[Path, Path]
+) -> None:
+    from promptdistill.config import CompareConfig
+    from promptdistill.repl import resolve
+
+    run = RunDir(make_run(tmp_path, student, "http://127.0.0.1:9/v1", max_tokens=12))
+    r = resolve(run, CompareConfig(base_url="http://127.0.0.1:8/v1", model="m", max_tokens=3))
+    assert r.sample.teacher.base_url == "http://127.0.0.1:8/v1" and r.sample.teacher.model == "m"
+    assert r.sampling.max_tokens == 3 and r.sampling.temperature == 0.7  # the rest as recorded
+    assert r.student.model == str(student[0]) and r.student.dtype == "fp32"
+
+
+def _answers() -> list:
+    from promptdistill.generation import Answer
+
+    teacher = Answer("teacher", "big-model @ host · system prompt", text="I am Ludwig.")
+    student_ = Answer("student", "tiny + adapter · no prompt", text="I am Ludwig too.")
+    for a, prompt in ((teacher, 712), (student_, 62)):
+        a.started, a.first_token_at, a.finished_at = 0.0, 0.25, 2.25
+        a.tokens, a.prompt_tokens = 41, prompt
+    return [teacher, student_]
+
+
+def test_stats_show_time_tokens_and_the_prompt_saving() -> None:
+    from promptdistill.compare_view import stats_lines
+
+    answers = _answers()
+    assert stats_lines(answers[0], answers) == (
+        "ttft 0.25 s · total 2.25 s · 20.0 tok/s",
+        "41 tok · prompt 712 tok",
+    )
+    assert stats_lines(answers[1], answers)[1] == "41 tok · prompt 62 tok (−650 vs teacher)"
+
+
+@pytest.mark.parametrize("width, side_by_side", [(140, True), (99, False)])
+def test_board_is_side_by_side_when_wide_and_stacked_when_narrow(
+    width: int, side_by_side: bool
+) -> None:
+    from rich.console import Console
+
+    from promptdistill.compare_view import Board
+
+    console = Console(width=width, record=True, color_system=None)
+    console.print(Board(_answers()))
+    lines = console.export_text().splitlines()
+    titles = [i for i, line in enumerate(lines) if "teacher ·" in line or "student ·" in line]
+    assert len(titles) == (1 if side_by_side else 2)
+    assert all(len(line) <= width for line in lines)
