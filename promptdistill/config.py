@@ -211,7 +211,7 @@ class CompareConfig(StrictModel):
     model: str | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
     seed: int | None = None
     base: bool = False  # start with the base-model column shown

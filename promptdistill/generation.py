@@ -345,7 +345,9 @@ class LocalChat:
             self.model.generate(
                 input_ids=input_ids_1T,
                 attention_mask=torch.ones_like(input_ids_1T),
-                generation_config=self._generation_config(SamplingParams(max_tokens=2)),
+                generation_config=self._generation_config(
+                    SamplingParams.model_validate({"max_tokens": 2})
+                ),
             )
 
     def _generate(
