@@ -70,7 +70,8 @@ class Answer:
         if self.first_token_at is None or self.tokens < 2:
             return None
         decode_s = (self.finished_at or time.perf_counter()) - self.first_token_at
-        return (self.tokens - 1) / decode_s if decode_s > 0 else None
+        # below 10 ms the tokens arrived in one burst (one network read): no meaningful rate
+        return (self.tokens - 1) / decode_s if decode_s > 0.01 else None
 
     def first_token(self) -> None:
         if self.first_token_at is None:
