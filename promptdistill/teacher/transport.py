@@ -228,6 +228,7 @@ class Transport:
 
     def _raise_for_status(self, status: int, raw: bytes, headers: Any) -> None:
         detail = self._error(_error_message(raw))
+        said = f" ({detail})" if detail else ""
         where = self.public_url
         if status == 429:
             raise RetryableError(
@@ -242,13 +243,13 @@ class Transport:
             )
         if status in (401, 403):
             raise FatalError(
-                f"{where} answered {status} ({detail}): the API key was refused; set a valid key "
+                f"{where} answered {status}{said}: the API key was refused; set a valid key "
                 "in $OPENAI_API_KEY, or name its variable with --api-key-env or its file with "
                 "--api-key-file"
             )
         if status in (404, 405):
             raise FatalError(
-                f"{where} answered {status} ({detail}): check --model and --base-url "
+                f"{where} answered {status}{said}: check --model and --base-url "
                 "(the base URL usually ends in /v1, e.g. http://localhost:8000/v1)"
             )
         raise PromptError(f"{status}: {detail}", status)
