@@ -288,9 +288,10 @@ def _wait_healthy(teacher: LocalTeacher, timeout_s: float, port_was_chosen: bool
                     f"port {teacher.port} on {teacher.host} is already in use (transformers serve "
                     f"could not bind it); pick another with --port. Log {teacher.log_path}: {tail}"
                 )
+            error = last_error(teacher.log_path)
             raise UserError(
                 f"the local teacher (transformers serve) exited with code {code} before it became "
-                f"healthy; its log {teacher.log_path} ends: {tail}"
+                f"healthy{': ' + error if error else ''}; its log {teacher.log_path} ends: {tail}"
             )
         if _get_ok(health):
             return
@@ -325,6 +326,19 @@ def _stop(teacher: LocalTeacher) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*$", re.MULTILINE)
+
+
+def last_error(path: Path) -> str | None:
+    """The final `SomeError: message` line of a Python traceback in the log, if any."""
+    try:
+        text = path.read_bytes()[-64_000:].decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    matches = list(ERROR_LINE.finditer(text))
+    return " ".join(matches[-1].group(0).split())[:400] if matches else None
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
