@@ -58,36 +58,37 @@ class ScoredText:
 
 def score_nll(
     model: Any,
-    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    examples: Sequence[tuple[Sequence[int], Sequence[float]]],
     pad_id: int,
     batch_tokens: int = 8192,
     max_rows: int = 32,
     head_chunk: int = 1024,
 ) -> list[ScoredText]:
-    """NLL of each example's answer tokens. An example is (prompt_ids, answer_ids): the
-    answer tokens are scored given everything before them."""
+    """Weighted NLL of each example. An example is (tokens, weights) as in a training datum:
+    `weights[t]` is the weight of predicting `tokens[t]` from the tokens before it."""
     import torch
 
     device = model_device(model)
     decoder, head = _decoder_and_head(model)
-    lengths = [len(p) + len(a) for p, a in examples]
+    lengths = [len(t) for t, _ in examples]
     out: list[ScoredText | None] = [None] * len(examples)
     with torch.inference_mode():
         for batch in _token_batches(lengths, batch_tokens, max_rows):
             T = max(lengths[i] for i in batch)
             ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
             attn_BT = torch.zeros((len(batch), T), dtype=torch.long)
-            target_BT = torch.zeros((len(batch), T), dtype=torch.bool)
-            for r, i in enumerate(batch):
-                p, a = examples[i]
-                seq = list(p) + list(a)
-                ids_BT[r, : len(seq)] = torch.tensor(seq)
-                attn_BT[r, : len(seq)] = 1
-                target_BT[r, len(p) : len(seq)] = True
-            ids_BT, attn_BT, target_BT = ids_BT.to(device), attn_BT.to(device), target_BT.to(device)
+            weights_BT = torch.zeros((len(batch), T), dtype=torch.float32)
+            for r, i in enumerate(batch):  # right padding: answers never move
+                toks, w = examples[i]
+                ids_BT[r, : len(toks)] = torch.tensor(list(toks))
+                attn_BT[r, : len(toks)] = 1
+                weights_BT[r, : len(toks)] = torch.tensor(list(w), dtype=torch.float32)
+            ids_BT, attn_BT = ids_BT.to(device), attn_BT.to(device)
+            weights_BT = weights_BT.to(device)
             hidden_BTD = decoder(input_ids=ids_BT, attention_mask=attn_BT).last_hidden_state
-            # position t predicts token t+1: keep positions whose *next* token is an answer token
-            pick_BT = target_BT[:, 1:]
+            # position t predicts token t+1: the LM head runs only where that token has weight
+            w_BT = weights_BT[:, 1:]
+            pick_BT = w_BT > 0
             rows_N = pick_BT.nonzero()[:, 0]
             hidden_ND = hidden_BTD[:, :-1][pick_BT]
             targets_N = ids_BT[:, 1:][pick_BT]
@@ -98,10 +99,10 @@ def score_nll(
                     logits_CV, targets_N[s : s + head_chunk], reduction="none"
                 )
             sums_B = torch.zeros(len(batch), dtype=torch.float64, device=device)
-            sums_B.index_add_(0, rows_N, nll_N.double())
-            counts_B = pick_BT.sum(1)
+            sums_B.index_add_(0, rows_N, (nll_N * w_BT[pick_BT]).double())
+            counts_B = w_BT.sum(1)
             for r, i in enumerate(batch):
-                out[i] = ScoredText(float(sums_B[r]), int(counts_B[r]))
+                out[i] = ScoredText(float(sums_B[r]), int(round(float(counts_B[r]))))
     return [o for o in out if o is not None]
 
 

@@ -389,8 +389,12 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         f"[bold]prompt effect recovered: "
         f"{fmt('prompt_effect_recovered', s.get('prompt_effect_recovered'))}[/]"
     )
+    # one line per reason, naming every key it explains
+    by_reason: dict[str, list[str]] = {}
     for key, why in (report.get("notes") or {}).items():
-        console.print(f"[dim]note {key}: {why}[/]")
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        console.print(f"[dim]{', '.join(keys)}: {why}[/]", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- two runs
