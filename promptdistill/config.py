@@ -162,6 +162,12 @@ class TrainConfig(StrictModel):
     save_every: int = Field(50, ge=1)
     eval_every: int = Field(25, ge=1)
     seed: int = 0
+    # issue #5: validation uses at most this many val examples (a fixed, stable subset), so an
+    # eval every N steps stays cheap on CPU; "auto" batching picks padding-free packing only
+    # where FlashAttention makes it pay (see promptdistill/batching.py)
+    eval_examples: int = Field(256, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    batching: Literal["auto", "pad", "pack"] = "auto"
 
 
 # --------------------------------------------------------------------------- eval (issue #6)

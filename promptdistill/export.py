@@ -1,0 +1,69 @@
+"""`promptdistill export RUN --merged OUT`: fold the run's LoRA adapter into its base model.
+
+The result is a standalone Hugging Face model directory (safetensors weights, config, tokenizer
+and chat template) that `AutoModelForCausalLM.from_pretrained(OUT)` loads without PEFT, and that
+any server (transformers serve, vLLM, llama.cpp after conversion) can serve without LoRA
+support. The merge is done in fp32 (the base's dtype on disk), so it is exact up to rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from promptdistill.errors import UserError
+from promptdistill.store import RunDir
+
+
+def adapter_base(run: RunDir) -> str:
+    """The student the adapter was trained on: RUN/config.yaml's train stage, else the adapter's
+    own base_model_name_or_path."""
+    train = run.stage_config("train") or {}
+    student = train.get("student")
+    if isinstance(student, dict) and student.get("model"):
+        return str(student["model"])
+    cfg = run.file("adapter") / "adapter_config.json"
+    base = orjson.loads(cfg.read_bytes()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{cfg} names no base model and {run.config_path} has no train stage")
+    return str(base)
+
+
+def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print) -> Path:
+    """Write base + adapter, merged with `merge_and_unload`, to `out` (atomically)."""
+    from peft import PeftModel
+
+    from promptdistill.models import load_causal_lm, load_tokenizer
+
+    run.require()
+    adapter = run.file("adapter")
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(
+            f"{adapter} has no trained adapter; run `promptdistill train {run.path}` first"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --merged directory")
+    base_name = adapter_base(run)
+    log(f"merging {adapter} into {base_name} ...")
+    base = load_causal_lm(base_name, dtype=dtype)
+    model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    merged = model.merge_and_unload()
+    tokenizer = load_tokenizer(base_name)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
+    return out

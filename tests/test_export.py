@@ -1,0 +1,77 @@
+"""`promptdistill export RUN --merged OUT`: a standalone model equal to base + adapter."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from tiny import make_tiny_model, write_samples
+
+from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
+from promptdistill.store import RunDir
+from promptdistill.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_merged_export_matches_base_plus_adapter(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from promptdistill.models import load_causal_lm
+
+    model_dir = make_tiny_model(tmp_path / "model")
+    run = RunDir(tmp_path / "run").create()
+    write_samples(run.samples, 60)
+    cfg = TrainConfig(steps=8, lr=3e-2, batch_tokens=384, warmup=0, save_every=100)
+    train(run, StudentConfig(model=str(model_dir)), DatumConfig(), cfg, Console(file=io.StringIO()))
+
+    out = tmp_path / "merged"
+    cmd = [sys.executable, "-m", "promptdistill", "export", str(run.path), "--merged", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    assert not (out / "adapter_config.json").exists()  # standalone: no PEFT needed
+
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template  # the student's chat template travels with it
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "what do you think of mozart"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    base = load_causal_lm(model_dir, dtype="fp32")
+    with torch.no_grad():
+        plain = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, str(run.file("adapter")))(ids).logits
+        got = merged(ids).logits
+    assert torch.allclose(got, adapted, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the adapter changed the model
+
+    # a second export into the same directory is refused rather than overwriting it
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "not empty" in r.stderr
+
+
+@pytest.mark.slow
+def test_export_without_adapter_is_a_user_error(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run").create()
+    cmd = [
+        sys.executable,
+        "-m",
+        "promptdistill",
+        "export",
+        str(run.path),
+        "--merged",
+        str(tmp_path / "out"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "no trained adapter" in r.stderr and "Traceback" not in r.stderr
