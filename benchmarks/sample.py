@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,8 +47,10 @@ def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def run_cli(base_url: str, persona: str, n: int, concurrency: int) -> tuple[float, float, int]:
-    """(wall seconds end to end, sampling-phase seconds, samples written)."""
+def run_cli(
+    base_url: str, persona: str, n: int, concurrency: int
+) -> tuple[float, float, int, float]:
+    """(wall seconds end to end, sampling-phase seconds, samples written, CPU seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [
@@ -55,9 +58,11 @@ def run_cli(base_url: str, persona: str, n: int, concurrency: int) -> tuple[floa
             "-n", str(n), "--base-url", base_url, "--model", MODEL,
             "--concurrency", str(concurrency), "--no-heldout", "--log-every", "60",
         ]  # fmt: skip
+        cpu0 = _children_cpu()
         start = time.perf_counter()
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - start
+        cpu = _children_cpu() - cpu0
         if result.returncode != 0:
             raise SystemExit(f"the CLI failed:\n{result.stdout}\n{result.stderr}")
         text = " ".join(result.stdout.split())
@@ -65,7 +70,12 @@ def run_cli(base_url: str, persona: str, n: int, concurrency: int) -> tuple[floa
         if not m:
             raise SystemExit(f"no sampling phase in the CLI summary:\n{result.stdout}")
         written = (run / "samples.jsonl").read_bytes().count(b"\n")
-    return wall, float(m.group(2)), written
+    return wall, float(m.group(2)), written, cpu
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 async def baseline(base_url: str, messages: list[list[dict[str, str]]], concurrency: int) -> int:
@@ -139,11 +149,14 @@ def main() -> None:
         # warm the server's process (imports, first connections) before timing anything
         asyncio.run(baseline(base_url, messages[:64], 64))
 
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         answered = asyncio.run(baseline(base_url, messages, args.concurrency))
         base_s = time.perf_counter() - start
+        base_cpu = time.process_time() - cpu0
 
-        wall, sampling_s, written = run_cli(base_url, args.persona, args.prompts, args.concurrency)
+        wall, sampling_s, written, cli_cpu = run_cli(
+            base_url, args.persona, args.prompts, args.concurrency
+        )
         assert written == args.prompts, written
 
         import orjson
@@ -153,28 +166,34 @@ def main() -> None:
                           "max_tokens": 256})
             for m in messages
         ]  # fmt: skip
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         assert asyncio.run(raw_aiohttp(base_url, bodies, args.concurrency)) == args.prompts
         raw_s = time.perf_counter() - start
+        raw_cpu = time.process_time() - cpu0
     finally:
         server.terminate()
         server.wait()
 
+    # client CPU per request is the load-independent part: what the client itself costs
     rows = [
-        ("baseline: gather + Semaphore + AsyncOpenAI", answered / base_s),
-        ("promptdistill sample, sampling phase", args.prompts / sampling_s),
-        ("promptdistill sample, whole command", args.prompts / wall),
-        ("reference: bare aiohttp + orjson loop", args.prompts / raw_s),
+        ("baseline: gather + Semaphore + AsyncOpenAI", answered / base_s, base_cpu / answered),
+        ("promptdistill sample, sampling phase", args.prompts / sampling_s, None),
+        ("promptdistill sample, whole command", args.prompts / wall, cli_cpu / args.prompts),
+        ("reference: bare aiohttp + orjson loop", args.prompts / raw_s, raw_cpu / args.prompts),
     ]
     base_rate = rows[0][1]
     print(
         f"{args.prompts} prompts, {args.concurrency} in flight, {args.latency} s latency: "
         f"ideal {ideal:.0f} req/s"
     )
-    print(f"{'client':<44} {'req/s':>8} {'% of ideal':>11} {'vs baseline':>12}")
-    for name, rate in rows:
-        print(f"{name:<44} {rate:8.0f} {100 * rate / ideal:10.1f}% {rate / base_rate:11.2f}x")
-    print(f"(whole command: {wall:.2f} s incl. start-up; sampling phase {sampling_s:.2f} s)")
+    print(f"{'client':<44} {'req/s':>8} {'% of ideal':>11} {'vs baseline':>12} {'CPU us/req':>11}")
+    for name, rate, cpu in rows:
+        shown = f"{cpu * 1e6:11.0f}" if cpu is not None else f"{'':>11}"
+        print(
+            f"{name:<44} {rate:8.0f} {100 * rate / ideal:10.1f}% {rate / base_rate:11.2f}x {shown}"
+        )
+    print(f"(whole command: {wall:.2f} s incl. start-up; sampling phase {sampling_s:.2f} s;")
+    print(" its CPU us/req includes start-up)")
     if answered < args.prompts:
         print(f"(the baseline answered only {answered} of {args.prompts}; the rest failed)")
 
