@@ -61,6 +61,7 @@ class Fault:
     retry_after_ms: float | None = None  # `retry-after-ms` header
     delay: float = 0.0  # for "slow"
     message: str = ""
+    code: str | None = None  # the error body's `code`, e.g. "insufficient_quota"
     fired: int = 0
 
 
@@ -217,7 +218,7 @@ class FakeOpenAI:
                 if fault.retry_after_ms is not None:
                     headers["retry-after-ms"] = str(fault.retry_after_ms)
                 msg = fault.message or f"injected {fault.status}"
-                return _error(fault.status, msg, headers=headers)
+                return _error(fault.status, msg, fault.code, headers=headers)
             if kind == "drop":
                 assert request.transport is not None
                 request.transport.abort()

@@ -100,6 +100,7 @@ def test_no_auth_header_without_a_key() -> None:
         (Fault("status", status=401), FatalError, None),
         (Fault("status", status=403), FatalError, None),
         (Fault("status", status=404), FatalError, None),
+        (Fault("status", status=429, code="insufficient_quota"), FatalError, None),
     ],
 )
 def test_each_fault_is_classified(fault: Fault, error: type[Exception], kind: str | None) -> None:

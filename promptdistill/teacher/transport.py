@@ -10,7 +10,8 @@ inspecting status codes:
 - `RetryableError`: 429, 408, 409, 5xx, timeouts, dropped connections, truncated or malformed
   bodies, and (bounded, `kind="content"`) empty or content-filtered answers;
 - `PromptError`: this prompt cannot be answered (400, 413, 422, other 4xx); record and go on;
-- `FatalError`: no prompt can be answered (401, 403, 404, 405); stop the run at once.
+- `FatalError`: no prompt can be answered (401, 403, 404, 405, 429 `insufficient_quota`); stop
+  the run at once.
 
 Base URL: like the OpenAI SDK's `base_url`, it is the prefix *before* `/chat/completions`, so
 `https://api.openai.com/v1` and `http://localhost:8000/v1` are what users pass. A bare host
@@ -230,6 +231,12 @@ class Transport:
         detail = self._error(_error_message(raw))
         said = f" ({detail})" if detail else ""
         where = self.public_url
+        if status == 429 and b"insufficient_quota" in raw:
+            # OpenAI's "exceeded your current quota" is a 429 too, but waiting will not help
+            raise FatalError(
+                f"{where} answered 429{said}: the account's quota is used up; check its plan "
+                "and billing, then rerun the same command to go on"
+            )
         if status == 429:
             raise RetryableError(
                 f"429 rate limited: {detail}", "rate_limit", status, parse_retry_after(headers)
