@@ -13,6 +13,7 @@ from fixtures_openai import answer, failures, samples, user_prompt, write_person
 from rich.console import Console
 
 from promptdistill.config import SampleConfig, SamplingParams, TeacherConfig
+from promptdistill.errors import UserError
 from promptdistill.store import RunDir
 from promptdistill.teacher.engine import Engine, EngineStats, Job
 from promptdistill.teacher.limits import Limits
@@ -201,3 +202,20 @@ def test_failures_of_an_earlier_run_are_asked_again_on_rerun(tmp_path: Path) -> 
     assert failures(run) == []  # the file lists the latest run's failures only
     assert len(samples(run)) == 16
     assert all(k == (2 if "a1 about" in p else 1) for p, k in asked.items())
+
+
+def test_a_400_for_every_request_stops_the_run_instead_of_failing_every_prompt(
+    tmp_path: Path,
+) -> None:
+    persona = write_persona(tmp_path, heldout=0)
+    fault = Fault("status", status=400, message="Unsupported parameter: 'max_tokens'")
+    with start_fake_server(faults=[fault]) as server:
+        try:
+            _run(_config(persona, 200, server.base_url, concurrency=2), tmp_path / "run")
+        except UserError as e:
+            message = str(e)
+        else:
+            raise AssertionError("the run should have stopped")
+        asked = server.requests
+    assert "refused the first" in message and "max_tokens" in message and "--max-tokens" in message
+    assert asked < 10  # stopped at once, not after 200 requests

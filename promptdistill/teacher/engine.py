@@ -77,6 +77,7 @@ class RetryPolicy:
     backoff_cap_s: float = 30.0
     unreachable_tries: int = 3  # connect failures in a row before any success: give up
     unreachable_s: float = 60.0  # ... after the endpoint answered once: give up after this long
+    refused_before_any_answer: int = 5  # 400s in a row before any answer: the request is wrong
 
 
 class Engine:
@@ -105,6 +106,7 @@ class Engine:
         self._ever_succeeded = False
         self._unreachable_streak = 0
         self._unreachable_since = 0.0
+        self._refused_streak = 0
 
     # ----------------------------------------------------------------------- the pool
 
@@ -163,6 +165,7 @@ class Engine:
             self.stats.failed += 1
             self.stats.last_error = str(e)
             self.on_failure(job, str(e), e.kind, e.status, state.attempts)
+            self._check_systematic(e)
             return
         except RetryableError as e:  # retries exhausted
             self.stats.failed += 1
@@ -175,6 +178,20 @@ class Engine:
         if result.finish_reason == "length":
             self.stats.truncated += 1
         self.on_sample(job, result, state.attempts)
+
+    def _check_systematic(self, e: PromptError) -> None:
+        """A 400 is about one prompt, unless every request gets one: then the request itself
+        does not suit this endpoint (e.g. a model that wants max_completion_tokens), and
+        going on would only record every prompt as failed."""
+        if e.kind != "refused" or self._ever_succeeded:
+            return
+        self._refused_streak += 1
+        if self._refused_streak >= self.policy.refused_before_any_answer:
+            raise FatalError(
+                f"{self.transport.public_url} refused the first {self._refused_streak} requests "
+                f"and answered none ({e}); check --model and the sampling options "
+                "(--max-tokens, --temperature, --top-p, --seed) against what this endpoint accepts"
+            )
 
     async def _retry(
         self, first: RetryableError, body: dict[str, Any], estimate: int, state: _JobState
