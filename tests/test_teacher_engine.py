@@ -43,7 +43,7 @@ def test_every_prompt_answered_exactly_once_with_its_own_answer_under_faults(
     persona = write_persona(tmp_path)
     # each fault hits only a prompt's first or second request, so no prompt waits long
     faults = [
-        Fault("status", status=429, retry_after_ms=50, prob=0.1, first=2),
+        Fault("status", status=429, retry_after_ms=50, prob=0.04, first=2),
         Fault("status", status=500, prob=0.05, first=1),
         Fault("status", status=502, prob=0.05, first=1),
         Fault("status", status=503, prob=0.03, first=2),
