@@ -391,7 +391,7 @@ def eval_command(
         str,
         typer.Option(help="Regex whose group 1 is the final answer (else the last line)."),
     ] = r"Final Answer:\s*(.+)",
-    batch_size: Annotated[int, typer.Option(min=1, help="Generation batch size.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Generation batch size.")] = 32,
     latency_requests: Annotated[
         int, typer.Option(min=0, help="Single requests timed per model (0: skip).")
     ] = 3,

@@ -201,9 +201,9 @@ class EvalConfig(StrictModel):
     max_new_tokens: int | None = Field(None, ge=1)
     seed: int = 0
     answer_pattern: str = r"Final Answer:\s*(.+)"
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     latency_requests: int = Field(3, ge=0)  # single-stream requests timed per model
-    classifier_train: int = Field(64, ge=0)  # train prompts the base answers for the classifier
+    classifier_train: int = Field(48, ge=0)  # train prompts the base answers for the classifier
 
 
 class CompareConfig(StrictModel):

@@ -3,19 +3,19 @@
 Three models are compared on the held-out prompts (the validation split of issue #5 plus the
 prompt set's fixed held-out prompts):
 - the student: base model + RUN/adapter, *without* the system prompt;
-- the base: the same model with the adapter disabled, without the system prompt;
+- the base: the same model without the adapter, without the system prompt;
 - the teacher, *with* the system prompt: its answers are already in samples.jsonl.
 
 Order of work, chosen so that no model sits in memory longer than needed and the single-request
 latency of the student is timed before anything else has warmed the caches or grown the heap:
-1. load the student (one PeftModel; `disable_adapter()` gives the base without a second copy);
-2. student latency (single stream) and peak memory;
-3. NLL of the teacher's answers: base and student without the prompt, base with it;
-4. greedy and sampled answers of student and base, batched; base answers for classifier training;
-5. text agreement, task metrics, the embedding classifier;
-6. free the model; then the teacher endpoint: its latency and the LLM judge.
+1. the student alone (base + adapter, unmerged): NLL of the teacher's answers; then merged:
+   single-stream latency and peak memory;
+2. the base (a plain second copy): NLL without and with the system prompt;
+3. greedy and sampled answers of student and base, batched; base answers for classifier training;
+4. text agreement, task metrics, the embedding classifier;
+5. free the models; then the teacher endpoint: its latency, and the LLM judge.
 
-Everything is collected into one plain dict (see report.py for the files it becomes).
+Inputs: eval_inputs.py. The report dict: eval_summary.py. Its files: report.py.
 """
 
 from __future__ import annotations
@@ -26,197 +26,35 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from promptdistill.config import EvalConfig, SampleConfig, StudentConfig
+from promptdistill.config import EvalConfig
 from promptdistill.errors import UserError
+from promptdistill.eval_inputs import Item, RunInputs, load_inputs
+from promptdistill.eval_summary import (
+    PRIMARY,
+    answer_rows,
+    assemble,
+    efficiency_section,
+    task_metrics,
+)
 from promptdistill.metrics import (
     aggregate_nll,
     chrf,
-    exact_match,
-    extract_final_answer,
-    final_answer_correct,
     mean_ci,
     prompt_effect_recovered,
     rouge_l,
-    token_f1,
 )
-from promptdistill.store import RunDir, read_jsonl, redact_url
+from promptdistill.store import RunDir, redact_url
 
 Message = dict[str, str]
 Say = Callable[[str], None]
 MODELS = ("teacher", "student", "base")
 DECODINGS = ("greedy", "sampled")
-# The decoding whose scores become the headline numbers: sampled with the teacher's own
-# sampling parameters, so student and base are compared like for like with the teacher's
-# (sampled) answers. Greedy numbers are reported alongside.
-PRIMARY = "sampled"
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class Item:
-    """One answered prompt from samples.jsonl."""
-
-    id: str
-    split: str  # "train", "validation" or "heldout"
-    category: str
-    prompt: str
-    system: str
-    teacher: str
-    gold: str | None
-    usage: dict[str, Any]
-    truncated: bool = False
-
-    @staticmethod
-    def from_sample(rec: dict[str, Any], split: str) -> Item | None:
-        messages = rec.get("messages") or []
-        system = next((m["content"] for m in messages if m.get("role") == "system"), "")
-        user = next((m["content"] for m in messages if m.get("role") == "user"), None)
-        answer = next((m["content"] for m in messages if m.get("role") == "assistant"), None)
-        if user is None or not answer:
-            return None
-        return Item(
-            str(rec["id"]),
-            split,
-            str(rec.get("category") or ""),
-            user,
-            system,
-            answer,
-            rec.get("gold"),
-            rec.get("usage") or {},
-            bool(rec.get("truncated")),
-        )
-
-
-@dataclass
-class RunInputs:
-    run: RunDir
-    sample: SampleConfig
-    student: StudentConfig
-    val_fraction: float
-    samples: list[dict[str, Any]]
-    heldout: list[Item]
-    train: list[Item]
-    adapter: Path
-    notes: dict[str, str] = field(default_factory=dict)
-
-
-def _stage(run: RunDir, name: str, model: type[Any], required: bool) -> Any:
-    data = run.stage_config(name)
-    if data is None:
-        if required:
-            raise UserError(
-                f"{run.config_path} has no '{name}' section: run `promptdistill {name}` first"
-            )
-        return None
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:  # pydantic's message is long; keep the first error
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{run.config_path}: {name}.{loc}: {first['msg']}") from None
-
-
-def student_config(run: RunDir, adapter: Path) -> StudentConfig:
-    """The student as `train` recorded it; else the adapter's own base model."""
-    train = run.stage_config("train") or {}
-    if isinstance(train.get("student"), dict):
-        return StudentConfig.model_validate(train["student"])
-    base = None
-    cfg_file = adapter / "adapter_config.json"
-    if cfg_file.is_file():
-        base = orjson.loads(cfg_file.read_bytes()).get("base_model_name_or_path")
-    return StudentConfig(model=base) if base else StudentConfig()
-
-
-def _val_fraction(run: RunDir) -> float:
-    for stage in ("datums", "train"):
-        data = run.stage_config(stage) or {}
-        for key in ("val_fraction",):
-            if key in data:
-                return float(data[key])
-        for sub in ("datums", "datum"):
-            if isinstance(data.get(sub), dict) and "val_fraction" in data[sub]:
-                return float(data[sub]["val_fraction"])
-    from promptdistill.config import DatumConfig
-
-    return DatumConfig().val_fraction
-
-
-def _stable_order(ids: Sequence[str], seed: int) -> list[str]:
-    """A seeded order of ids that does not depend on file order (hash of seed and id)."""
-    return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-
-
-def load_inputs(path: Path, cfg: EvalConfig) -> RunInputs:
-    from promptdistill.datums import split_of
-
-    run = RunDir(path).require()
-    sample = _stage(run, "sample", SampleConfig, required=True)
-    adapter = run.file("adapter")
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(
-            f"{adapter} has no adapter_config.json: this run has no trained adapter yet; "
-            "run `promptdistill train` first"
-        )
-    records = [r for r in read_jsonl(run.samples) if r.get("messages")]
-    if not records:
-        raise UserError(f"{run.samples} has no answered prompts; run `promptdistill sample` first")
-    val_fraction = _val_fraction(run)
-    # the trainer's own split rule (issue #5), so validation prompts were never trained on
-    val_ids = {
-        str(r["id"])
-        for r in records
-        if r.get("split") != "heldout" and split_of(str(r["id"]), val_fraction) == "val"
-    }
-    heldout, train = [], []
-    for r in records:
-        split = (
-            "heldout"
-            if r.get("split") == "heldout"
-            else ("validation" if str(r["id"]) in val_ids else "train")
-        )
-        item = Item.from_sample(r, split)
-        if item is None:
-            continue
-        (train if split == "train" else heldout).append(item)
-    if not heldout:
-        raise UserError(
-            f"{run.samples} has no held-out answers (no validation split and no held-out "
-            "prompts): sample with the prompt set's held-out prompts (the default) or train "
-            "with a validation fraction above 0"
-        )
-    notes: dict[str, str] = {}
-    if cfg.max_heldout is not None and len(heldout) > cfg.max_heldout:
-        # the prompt set's fixed held-out prompts first, then a seeded share of the validation
-        keep = set(_stable_order([i.id for i in heldout if i.split == "heldout"], cfg.seed))
-        fixed = [i for i in heldout if i.id in keep][: cfg.max_heldout]
-        rest_ids = _stable_order([i.id for i in heldout if i.id not in keep], cfg.seed)
-        rest = set(rest_ids[: cfg.max_heldout - len(fixed)])
-        total = len(heldout)
-        heldout = [i for i in heldout if (i in fixed) or i.id in rest]
-        notes["heldout"] = f"--max-heldout {cfg.max_heldout}: {len(heldout)} of {total} scored"
-    train_by_id = {i.id: i for i in train}
-    train = [train_by_id[i] for i in _stable_order(list(train_by_id), cfg.seed)]
-    return RunInputs(
-        run,
-        sample,
-        student_config(run, adapter),
-        val_fraction,
-        records,
-        heldout,
-        train,
-        adapter,
-        notes,
-    )
 
 
 # --------------------------------------------------------------------------- the local models
@@ -497,7 +335,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
         "teacher": [i.teacher for i in heldout],
         **{m: [g.text for g in answers[(m, PRIMARY)]] for m in ("student", "base")},
     }
-    task = _task_metrics(heldout, answers, cfg.answer_pattern)
+    task = task_metrics(heldout, answers, cfg.answer_pattern)
     if task is None:
         notes["task"] = "the prompt set has no gold answers for the held-out prompts"
 
@@ -522,7 +360,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     )  # fmt: skip
 
     # ---- efficiency
-    efficiency = _efficiency(inputs, cfg, saved_per_prompt, notes)
+    efficiency = efficiency_section(inputs, cfg, saved_per_prompt, notes)
     efficiency.update(
         {
             "student_latency": student_latency,
@@ -537,11 +375,11 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
         }
     )
 
-    report = _assemble(
+    report = assemble(
         inputs, cfg, persona.description, agg, effect, agreement, task, classifier,
         judge_section, efficiency, notes, max_new, time.perf_counter() - t0,
     )  # fmt: skip
-    rows = _answer_rows(
+    rows = answer_rows(
         heldout, answers, per_answer, nll_student, nll_base, nll_with, judge_scores, cls_probs,
         cfg.answer_pattern,
     )  # fmt: skip
@@ -586,35 +424,6 @@ def _adapter_size(adapter: Path) -> dict[str, Any]:
         "adapter_bytes": sum(p.stat().st_size for p in files),
         "adapter_weights_bytes": weights,
     }
-
-
-def _task_metrics(
-    heldout: list[Item], answers: dict[tuple[str, str], list[Any]], pattern: str
-) -> dict[str, Any] | None:
-    """EM and token F1 of the *extracted* final answer against the gold answer (on a whole
-    multi-sentence reply both would be ~0), and final-answer accuracy (numbers by value)."""
-    idx = [k for k, i in enumerate(heldout) if i.gold is not None]
-    if not idx:
-        return None
-    sources: dict[str, list[str]] = {"teacher": [heldout[k].teacher for k in idx]}
-    for (m, d), gens in answers.items():
-        sources[f"{m}_{d}"] = [gens[k].text for k in idx]
-    golds = [str(heldout[k].gold) for k in idx]
-    out: dict[str, Any] = {"answers_with_gold": len(idx), "answer_pattern": pattern}
-    for name, texts in sources.items():
-        extracted = [extract_final_answer(t, pattern) or "" for t in texts]
-        out[name] = {
-            "exact_match": mean_ci(
-                [exact_match(e, g) for e, g in zip(extracted, golds, strict=True)]
-            ).as_dict(),
-            "token_f1": mean_ci(
-                [token_f1(e, g) for e, g in zip(extracted, golds, strict=True)]
-            ).as_dict(),
-            "final_answer_accuracy": mean_ci(
-                [final_answer_correct(t, g, pattern) for t, g in zip(texts, golds, strict=True)]
-            ).as_dict(),
-        }
-    return out
 
 
 def _api_key(inputs: RunInputs, cfg: EvalConfig) -> str | None:
@@ -726,233 +535,6 @@ def _endpoint_phase(
 
 def teacher_timeout(inputs: RunInputs) -> float:
     return float(inputs.sample.teacher.timeout_s)
-
-
-def _efficiency(
-    inputs: RunInputs, cfg: EvalConfig, saved_per_prompt: list[int], notes: dict[str, str]
-) -> dict[str, Any]:
-    """System-prompt tokens the student no longer needs, and what they (and the teacher) cost.
-
-    Tokens are counted with the student's tokenizer and chat template: the rendered prompt with
-    the system prompt minus the rendered prompt without it (a template that inserts a default
-    system prompt, like SmolLM2's, keeps that default, and it is not counted as saved). For a
-    remote teacher with another tokenizer this is an estimate.
-    """
-    saved = sum(saved_per_prompt) / len(saved_per_prompt) if saved_per_prompt else None
-    requests = len(inputs.samples)
-    prompt_toks = [r["usage"].get("prompt_tokens") for r in inputs.samples if r.get("usage")]
-    completion_toks = [
-        r["usage"].get("completion_tokens") for r in inputs.samples if r.get("usage")
-    ]
-    prompt_toks = [t for t in prompt_toks if isinstance(t, int)]
-    completion_toks = [t for t in completion_toks if isinstance(t, int)]
-    out: dict[str, Any] = {
-        "prompt_tokens_saved_per_request": saved,
-        "run_requests": requests,
-        "prompt_tokens_saved_run": saved * requests if saved is not None else None,
-        "teacher_prompt_tokens_per_request": (
-            sum(prompt_toks) / len(prompt_toks) if prompt_toks else None
-        ),
-        "teacher_completion_tokens_per_request": (
-            sum(completion_toks) / len(completion_toks) if completion_toks else None
-        ),
-        "price_in_usd_per_mtok": cfg.price_in,
-        "price_out_usd_per_mtok": cfg.price_out,
-    }
-    if not inputs.sample.teacher.base_url:
-        out["token_count_note"] = "exact: the teacher uses the student's tokenizer"
-    else:
-        out["token_count_note"] = "estimated with the student's tokenizer"
-    if cfg.price_in is None:
-        notes["cost"] = "pass --price-in (and --price-out) in USD per million tokens to price it"
-        return out
-    p_in = cfg.price_in / 1e6
-    p_out = (cfg.price_out or 0.0) / 1e6
-    if saved is not None:
-        out["system_prompt_cost_saved_per_1k_requests_usd"] = saved * 1000 * p_in
-        out["system_prompt_cost_saved_run_usd"] = saved * requests * p_in
-    if prompt_toks:
-        # what the teacher's API charged for this run's requests; the local student replaces it
-        out["teacher_cost_run_usd"] = sum(prompt_toks) * p_in + sum(completion_toks) * p_out
-        out["teacher_cost_per_1k_requests_usd"] = (
-            out["teacher_cost_run_usd"] * 1000 / max(len(prompt_toks), 1)
-        )
-    if cfg.price_out is None:
-        notes["cost_out"] = "no --price-out: output tokens priced at 0"
-    return out
-
-
-def _training_summary(run: RunDir) -> dict[str, Any]:
-    rows = list(read_jsonl(run.file("metrics.jsonl")))
-    train = [r for r in rows if r.get("loss") is not None]
-    val = [r for r in rows if r.get("val_loss") is not None]
-    return {
-        "steps": max((int(r.get("step", 0)) for r in rows), default=0),
-        "first_loss": train[0]["loss"] if train else None,
-        "last_loss": train[-1]["loss"] if train else None,
-        "first_val_loss": val[0]["val_loss"] if val else None,
-        "last_val_loss": val[-1]["val_loss"] if val else None,
-        "best_val_loss": min((r["val_loss"] for r in val), default=None),
-    }
-
-
-def _get(d: dict[str, Any] | None, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(p)
-    return d
-
-
-def _assemble(
-    inputs: RunInputs,
-    cfg: EvalConfig,
-    description: str,
-    agg: dict[str, Any],
-    effect: float | None,
-    agreement: dict[str, Any],
-    task: dict[str, Any] | None,
-    classifier: dict[str, Any] | None,
-    judge: dict[str, Any] | None,
-    efficiency: dict[str, Any],
-    notes: dict[str, str],
-    max_new: int,
-    seconds: float,
-) -> dict[str, Any]:
-    shares = _get(classifier, "share_placed_with_teacher") or {}
-    summary: dict[str, Any] = {
-        "prompt_effect_recovered": effect,
-        "nll_student": agg["student"].nll,
-        "nll_base": agg["base"].nll,
-        "nll_base_withprompt": agg["base_withprompt"].nll if "base_withprompt" in agg else None,
-        "perplexity_student": agg["student"].perplexity,
-        "perplexity_base": agg["base"].perplexity,
-        "rouge_l_student": _get(agreement, f"student_{PRIMARY}", "rouge_l", "mean"),
-        "rouge_l_base": _get(agreement, f"base_{PRIMARY}", "rouge_l", "mean"),
-        "chrf_student": _get(agreement, f"student_{PRIMARY}", "chrf", "mean"),
-        "chrf_base": _get(agreement, f"base_{PRIMARY}", "chrf", "mean"),
-        "judge_student": _get(judge, "student", "mean"),
-        "judge_teacher": _get(judge, "teacher", "mean"),
-        "judge_base": _get(judge, "base", "mean"),
-        "persona_classifier_student": shares.get("student"),
-        "persona_classifier_base": shares.get("base"),
-        "persona_classifier_teacher": shares.get("teacher"),
-        "task_accuracy_student": _get(task, f"student_{PRIMARY}", "final_answer_accuracy", "mean"),
-        "task_accuracy_base": _get(task, f"base_{PRIMARY}", "final_answer_accuracy", "mean"),
-        "task_accuracy_teacher": _get(task, "teacher", "final_answer_accuracy", "mean"),
-        "prompt_tokens_saved_per_request": efficiency.get("prompt_tokens_saved_per_request"),
-        "prompt_tokens_saved_run": efficiency.get("prompt_tokens_saved_run"),
-        "cost_saved_run_usd": efficiency.get("system_prompt_cost_saved_run_usd"),
-        "student_tokens_per_s": _get(efficiency, "student_latency", "tokens_per_s"),
-        "teacher_tokens_per_s": _get(efficiency, "teacher_latency", "tokens_per_s"),
-        "student_ttft_s": _get(efficiency, "student_latency", "ttft_s", "mean"),
-        "teacher_ttft_s": _get(efficiency, "teacher_latency", "ttft_s", "mean"),
-        "student_peak_rss_mb": efficiency.get("student_peak_rss_mb"),
-        "adapter_mb": efficiency["adapter_bytes"] / 1e6,
-        "heldout_prompts": len(inputs.heldout),
-    }
-    # every null headline number says why it is null
-    group = {
-        "judge_": "judge",
-        "persona_classifier_": "persona_classifier_student",
-        "task_accuracy_": "task",
-        "cost_": "cost",
-        "teacher_": "teacher_latency",
-        "student_tokens": "student_tokens_per_s",
-        "student_ttft": "student_tokens_per_s",
-    }
-    if "judge" not in notes and "judge_missing" in notes:
-        notes["judge"] = notes["judge_missing"]
-    for key, value in summary.items():
-        if value is None and key not in notes:
-            reason = next((notes.get(n) for p, n in group.items() if key.startswith(p)), None)
-            notes[key] = reason or "not measured"
-    teacher = inputs.sample.teacher
-    return {
-        "schema": "promptdistill.report/1",
-        "run": str(inputs.run.path),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(seconds, 1),
-        "persona": {"name": inputs.sample.persona, "description": description},
-        "student": {"model": inputs.student.model, "adapter": str(inputs.adapter)},
-        "teacher": {
-            "base_url": redact_url(teacher.base_url) if teacher.base_url else None,
-            "model": teacher.model,
-            "sampling": inputs.sample.sampling.model_dump(mode="json"),
-        },
-        "config": cfg.model_dump(mode="json"),
-        "heldout": {
-            "prompts": len(inputs.heldout),
-            "fixed": sum(i.split == "heldout" for i in inputs.heldout),
-            "validation": sum(i.split == "validation" for i in inputs.heldout),
-            "val_fraction": inputs.val_fraction,
-            "max_new_tokens": max_new,
-            "primary_decoding": PRIMARY,
-        },
-        "summary": summary,
-        "notes": notes,
-        "likelihood": {
-            **{k: v.as_dict() for k, v in agg.items()},
-            "prompt_effect_recovered": effect,
-            "formula": "(NLL_base_noprompt - NLL_student) / (NLL_base_noprompt - "
-            "NLL_base_withprompt), nats per answer token",
-        },
-        "text_agreement": agreement,
-        "persona_fidelity": {"judge": judge, "classifier": classifier},
-        "task": task,
-        "efficiency": efficiency,
-        "training": _training_summary(inputs.run),
-    }
-
-
-def _answer_rows(
-    heldout: list[Item],
-    answers: dict[tuple[str, str], list[Any]],
-    per_answer: dict[tuple[str, str], list[dict[str, float]]],
-    nll_student: list[Any],
-    nll_base: list[Any],
-    nll_with: list[Any] | None,
-    judge_scores: dict[tuple[str, str], Any],
-    cls_probs: dict[str, list[float]],
-    pattern: str,
-) -> list[dict[str, Any]]:
-    def per_token(s: Any) -> float | None:
-        return s.nll_sum / s.tokens if s.tokens else None
-
-    rows = []
-    for k, i in enumerate(heldout):
-        row: dict[str, Any] = {
-            "id": i.id,
-            "split": i.split,
-            "category": i.category,
-            "prompt": i.prompt,
-            "gold": i.gold,
-            "teacher": i.teacher,
-        }
-        for (m, d), gens in answers.items():
-            row[f"{m}_{d}"] = gens[k].text
-        row["nll"] = {
-            "student": per_token(nll_student[k]),
-            "base": per_token(nll_base[k]),
-            "base_withprompt": per_token(nll_with[k]) if nll_with else None,
-            "tokens": nll_student[k].tokens,
-        }
-        row["rouge_l"] = {f"{m}_{d}": s[k]["rouge_l"] for (m, d), s in per_answer.items()}
-        row["chrf"] = {f"{m}_{d}": s[k]["chrf"] for (m, d), s in per_answer.items()}
-        row["judge"] = {
-            m: judge_scores[(m, i.id)].score for m in MODELS if (m, i.id) in judge_scores
-        }
-        row["classifier_p_teacher"] = {m: p[k] for m, p in cls_probs.items()}
-        if i.gold is not None:
-            row["final_answer"] = {
-                "teacher": extract_final_answer(i.teacher, pattern),
-                **{
-                    f"{m}_{d}": extract_final_answer(g[k].text, pattern)
-                    for (m, d), g in answers.items()
-                },
-            }
-        rows.append(row)
-    return rows
 
 
 # --------------------------------------------------------------------------- entry point

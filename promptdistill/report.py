@@ -252,13 +252,10 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
              _ci(_get(ta, f"student_{decoding}", "chrf"), "{:.1f}"),
              _ci(_get(ta, f"base_{decoding}", "chrf"), "{:.1f}"))
         )  # fmt: skip
-    rows.append(("judge, in character (1-10)", *(_ci(judge.get(m)) for m in MODELS)))
-    rows.append(
-        (
-            "classifier: placed with teacher",
-            *(fmt("persona_classifier_teacher", s.get(f"persona_classifier_{m}")) for m in MODELS),
-        )  # noqa: E501
-    )
+    j = [_ci(judge.get(m)) for m in MODELS]
+    rows.append(("judge, in character (1-10)", j[0], j[1], j[2]))
+    c = [fmt("persona_classifier_teacher", s.get(f"persona_classifier_{m}")) for m in MODELS]
+    rows.append(("classifier: placed with teacher", c[0], c[1], c[2]))
     if task:
         for metric in ("final_answer_accuracy", "exact_match", "token_f1"):
             rows.append(
