@@ -505,7 +505,11 @@ def train(
         _fresh_start(run)
     model_dir = resolve_model(student.model)
     tokenizer = load_tokenizer(student.model)
+    if world > 1 and not main_rank:
+        torch.distributed.barrier()  # rank 0 builds the datums; the others then read them
     data, rebuilt = prepare_datums(run, tokenizer, datum_cfg, student.model)
+    if world > 1 and main_rank:
+        torch.distributed.barrier()
     st = data.stats
     say(
         f"datums: {st['train']['examples']} train / {st['val']['examples']} val examples, "
@@ -743,13 +747,20 @@ def train(
                 gc.collect()
                 gc.freeze()
                 gc.disable()
+            elif step % 1000 == 0:  # and collect now and then, as nanochat does
+                gc.collect()
 
             # ---- every save_every steps: checkpoint in the background
             if step % cfg.save_every == 0 and step < total:
                 save(step, pos)
 
             # ---- Ctrl-C: finish this step, save, stop
-            if stop.is_set():
+            stopping = stop.is_set()
+            if world > 1:  # every rank stops at the same step, or the collectives hang
+                flag = torch.tensor([float(stopping)], device=device)
+                torch.distributed.all_reduce(flag)
+                stopping = bool(flag.item())
+            if stopping:
                 interrupted = True
                 break
         flush_pending()
