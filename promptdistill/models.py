@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m"
 MANIFEST = "promptdistill-manifest.json"
 # Bump when the conversion itself changes, so old caches are rebuilt rather than trusted.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -307,12 +307,14 @@ def write_manifest(target: Path, source: Path | None) -> None:
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """De-quantize a GGUF into a safetensors HF directory (config, weights, tokenizer, template)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    # Every from_pretrained(gguf_file=) re-parses the whole GGUF (~5 s each on 2 cores), so the
+    # config is taken from the loaded model rather than from a separate AutoConfig call.
     src_dir, file = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=file)
-    config = AutoConfig.from_pretrained(src_dir, gguf_file=file)
     gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=file, dtype=torch.float32)
+    config = gguf_model.config
     state_dict = gguf_model.state_dict()
     model_cls = type(gguf_model)
     del gguf_model
@@ -329,10 +331,18 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 
     model = model_cls(clean_config)
     model.load_state_dict(state_dict, strict=True)
+    # do_sample=True: `transformers serve` only copies a request's temperature/top_p onto this
+    # config and never turns sampling on, so without it every answer is greedy whatever the
+    # client asks (measured: identical answers at temperature 1.0). temperature=0 requests
+    # still get greedy decoding (serve sets do_sample=False for them). Callers of `generate()`
+    # pass their own do_sample.
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

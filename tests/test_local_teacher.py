@@ -47,11 +47,14 @@ def pid_alive(pid: int) -> bool:
     return not (status.exists() and "State:\tZ" in status.read_text())
 
 
-def chat(base_url: str, model: str, content: str, max_tokens: int = 8) -> dict[str, object]:
+def chat(
+    base_url: str, model: str, content: str, max_tokens: int = 8, temperature: float = 1.0
+) -> str:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
+        "temperature": temperature,
     }
     request = urllib.request.Request(
         f"{base_url}/chat/completions",
@@ -59,8 +62,8 @@ def chat(base_url: str, model: str, content: str, max_tokens: int = 8) -> dict[s
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=300) as response:
-        result: dict[str, object] = json.loads(response.read())
-    return result
+        result = json.loads(response.read())
+    return str(result["choices"][0]["message"]["content"])
 
 
 @pytest.fixture
@@ -133,10 +136,12 @@ def test_teacher_serve_prints_how_to_use_it_and_stops_on_ctrl_c(smollm2_dir: Pat
             f"http://127.0.0.1:{port}/v1 --model {smollm2_dir}"
         ) in out
 
-        # The printed base URL and model name are what a client needs.
-        answer = chat(f"http://127.0.0.1:{port}/v1", model.group(1), "Say hello.")
-        choices = answer["choices"]
-        assert isinstance(choices, list) and choices[0]["message"]["content"].strip()
+        # The printed base URL and model name are what a client needs, and the teacher samples
+        # (temperature 1): the same question gets different answers.
+        base_url = f"http://127.0.0.1:{port}/v1"
+        answers = [chat(base_url, model.group(1), "Tell me a story about a cat.") for _ in "abc"]
+        assert all(a.strip() for a in answers)
+        assert len(set(answers)) > 1, answers
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)

@@ -44,7 +44,9 @@ def test_default_name_resolves_to_a_plain_safetensors_directory(smollm2_dir: Pat
     assert "quantization_config" not in config
     for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja", MANIFEST):
         assert (smollm2_dir / name).is_file(), name
-    assert json.loads((smollm2_dir / "generation_config.json").read_text())["eos_token_id"] == 2
+    generation = json.loads((smollm2_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2
+    assert generation["do_sample"] is True  # else transformers serve ignores temperature
     assert not list(smollm2_dir.glob("*.bin")), "never pickle weights"
     assert cache_is_valid(smollm2_dir, embedded_gguf("smollm2-135m"))
     info = model_info("smollm2-135m")

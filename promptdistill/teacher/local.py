@@ -12,7 +12,12 @@ Facts about `transformers serve` (5.x) this relies on, read from its source:
   answering means the model is ready;
 - a request must name exactly that FORCE_MODEL string in `model` (or none), else it gets 400;
   so `.model` is the model directory's path;
-- `logprobs` and `n` are accepted but ignored.
+- `logprobs` and `n` are accepted but ignored;
+- with continuous batching, the sampling settings (temperature, top_p) of the *first* request
+  apply to every later one; only max_tokens is per request. One `sample` run sends one setting,
+  so this only matters for a long-lived `teacher serve` shared by runs with different settings;
+- it samples only because the converted model's generation_config has do_sample=True (see
+  models.convert_gguf); a temperature-0 first request makes it greedy.
 
 The server runs in its own session (process group), so a Ctrl-C in the terminal reaches only us;
 we then stop the whole group (SIGTERM, then SIGKILL). On Linux it also gets SIGTERM if we die
