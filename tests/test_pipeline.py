@@ -44,10 +44,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_run_end_to_end_then_skip_resume_and_redo(setup: tuple[Path, Path]) -> None:
     root, student = setup
     run = root / "runs" / "r1"
+    # keep eval small: short answers, one latency probe, a small classifier training set
+    cheap = root / "cheap.yaml"
+    cheap.write_text(
+        "eval:\n  max_new_tokens: 12\n  latency_requests: 1\n  classifier_train: 8\n"
+        "  batch_size: 8\n"
+    )
     with start_fake_server(answer_words=12) as server:
         common = ["--run", str(run), "--base-url", server.base_url, "--model", "fake-teacher",
                   "--student", str(student), "--steps", "4", "--max-heldout", "4",
-                  "--no-judge"]  # fmt: skip
+                  "--no-judge", "--config", str(cheap)]  # fmt: skip
 
         # a partial sample stage, made by hand with the `sample` command
         partial = _run(["sample", "tiny", "--run", str(run), "-n", "10", "--base-url",
