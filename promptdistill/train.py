@@ -106,16 +106,19 @@ class WeightedNLL(torch.autograd.Function):
         grad_NH = torch.empty_like(h_NH) if need_grad else None
         for s in range(0, h_NH.shape[0], LOSS_CHUNK):
             e = min(s + LOSS_CHUNK, h_NH.shape[0])
-            logits_CV = (h_NH[s:e] @ w_VH.T).float()
-            lse_C = torch.logsumexp(logits_CV, dim=-1)
             t_C, w_C = targets_N[s:e], weights_N[s:e]
-            nll_C = lse_C - logits_CV.gather(1, t_C[:, None]).squeeze(1)
-            total += (nll_C * w_C).sum()
-            if grad_NH is not None:
-                probs_CV = logits_CV.sub_(lse_C[:, None]).exp_()  # in place: softmax
-                probs_CV[torch.arange(e - s, device=t_C.device), t_C] -= 1.0
-                probs_CV.mul_(w_C[:, None])
-                grad_NH[s:e] = probs_CV.to(w_VH.dtype) @ w_VH
+            # one (C, V) fp32 buffer, updated in place: logits -> exp(logits - max) -> w * softmax
+            buf_CV = (h_NH[s:e] @ w_VH.T).float()
+            target_C = buf_CV.gather(1, t_C[:, None]).squeeze(1)
+            max_C1 = buf_CV.amax(dim=-1, keepdim=True)
+            buf_CV.sub_(max_C1).exp_()
+            sum_C1 = buf_CV.sum(dim=-1, keepdim=True)
+            lse_C = (max_C1 + sum_C1.log()).squeeze(1)
+            total += ((lse_C - target_C) * w_C).sum()
+            if grad_NH is not None:  # d(sum w * nll)/d logits = w * (softmax - onehot)
+                buf_CV.mul_(w_C[:, None] / sum_C1)
+                buf_CV[torch.arange(e - s, device=t_C.device), t_C] -= w_C
+                grad_NH[s:e] = buf_CV.to(w_VH.dtype) @ w_VH
         ctx.save_for_backward(grad_NH if grad_NH is not None else h_NH.new_empty(0))
         return total
 
@@ -139,6 +142,22 @@ def weighted_nll_sum(lm: Any, batch: Batch) -> torch.Tensor:
         return (F.cross_entropy(logits, batch.targets_N, reduction="none") * batch.weights_N).sum()
     result: torch.Tensor = WeightedNLL.apply(h_NH, head, batch.targets_N, batch.weights_N)
     return result
+
+
+def compute_context(model: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """bf16 compute with fp32 LoRA master weights: under autocast the (already bf16) base
+    weights are used as they are and only the small LoRA matrices are cast per forward.
+    PEFT would otherwise up-cast every LoRA input to fp32 (an extra copy per adapted layer);
+    autocast makes that pointless, so it is switched off. fp32 runs need neither."""
+    from contextlib import ExitStack
+
+    from peft.helpers import disable_input_dtype_casting
+
+    stack = ExitStack()
+    if dtype != torch.float32:
+        stack.enter_context(disable_input_dtype_casting(model))
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    return stack
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -171,11 +190,13 @@ def evaluate(
     """Weighted NLL per loss-bearing token over `indices` (dropout off)."""
     was_training = lm.training
     lm.eval()
+    dtype = lm.get_output_embeddings().weight.dtype  # compute as training does
     total = torch.zeros((), dtype=torch.float64, device=device)
     weight = 0.0
     for b in epoch_batches(data.lengths(), indices, batch_tokens, seed=0, epoch=0, mode=mode):
         batch = to_device(collate(data, b, mode, pad_id), device)
-        total += weighted_nll_sum(lm, batch).double()
+        with compute_context(lm, dtype, device):
+            total += weighted_nll_sum(lm, batch).double()
         weight += batch.weight_sum
     lm.train(was_training)
     return float(total.item() / max(weight, 1e-9))
@@ -704,7 +725,8 @@ def train(
             weight_sum = sum(b.weight_sum for b in micro)  # known on the host: no sync
             step_loss = torch.zeros((), dtype=torch.float32, device=device)
             for b in micro:
-                nll = weighted_nll_sum(lm, to_device(b, device))
+                with compute_context(model, dtype, device):
+                    nll = weighted_nll_sum(lm, to_device(b, device))
                 (nll / weight_sum).backward()
                 step_loss += nll.detach() / weight_sum
             if world > 1:
