@@ -13,6 +13,8 @@ from rich.console import Console
 from tiny import make_tiny_model, write_samples
 
 from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
+from promptdistill.errors import UserError
+from promptdistill.export import export_merged
 from promptdistill.store import RunDir
 from promptdistill.train import train
 
@@ -57,21 +59,11 @@ def test_merged_export_matches_base_plus_adapter(tmp_path: Path) -> None:
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter changed the model
 
     # a second export into the same directory is refused rather than overwriting it
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r.returncode == 2 and "not empty" in r.stderr
+    with pytest.raises(UserError, match="not empty"):
+        export_merged(run, out)
 
 
-@pytest.mark.slow
 def test_export_without_adapter_is_a_user_error(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run").create()
-    cmd = [
-        sys.executable,
-        "-m",
-        "promptdistill",
-        "export",
-        str(run.path),
-        "--merged",
-        str(tmp_path / "out"),
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r.returncode == 2 and "no trained adapter" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match="no trained adapter"):
+        export_merged(run, tmp_path / "out")

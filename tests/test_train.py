@@ -171,9 +171,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model: Pat
         "0.1",
         *TINY,
     ]
-    straight = new_run(tmp_path / "a")
-    r = cli("train", str(straight.path), *args)
-    assert r.returncode == 0, r.stderr
+    straight = new_run(tmp_path / "a")  # uninterrupted, in-process (same code path)
+    cfg = TrainConfig(
+        steps=10,
+        save_every=5,
+        eval_every=100,
+        lora_dropout=0.1,
+        lr=2e-2,
+        batch_tokens=384,
+        warmup=0,
+        lora_r=8,
+    )
+    train(
+        straight,
+        StudentConfig(model=str(tiny_model)),
+        DatumConfig(),
+        cfg,
+        Console(file=io.StringIO()),
+    )
 
     resumed = new_run(tmp_path / "b")
     r = cli("train", str(resumed.path), *args)
@@ -249,8 +264,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_model: Path) -> None:
     write_samples(run.samples, 0, heldout=4)
     r = cli("train", str(run.path), "--student", str(tiny_model))
     assert r.returncode == 2 and "no usable training samples" in r.stderr
-    r = cli("train", str(tmp_path / "nope"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def test_resume_refuses_a_changed_lora_setup(tmp_path: Path, tiny_model: Path) -> None:
