@@ -550,6 +550,11 @@ def train(
     # ---- model: bf16 (or fp32) frozen base + fp32 LoRA
     dtype = resolve_dtype(student.dtype, device.type)
     base = load_causal_lm(student.model, dtype=dtype, device=str(device))
+    if device.type == "cpu" and base.config._attn_implementation == "sdpa":
+        # Measured on SmolLM2-135M, bf16, 256-token rows (docs/benchmarks.md): PyTorch's CPU
+        # flash-attention kernel took ~26% of a training step, its backward above all; plain
+        # matmul + softmax ("eager") took ~8%. At our row lengths the (T x T) scores are small.
+        base.set_attn_implementation("eager")
     if cfg.batching == "auto" and "flash" in str(base.config._attn_implementation):
         mode = "pack"
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,372 @@
+"""Training throughput: promptdistill's trainer vs. Hugging Face Trainer + PEFT (issue #5).
+
+Same student (SmolLM2-135M-Instruct), same data, same number of optimizer steps, same effective
+batch (examples per step), same LoRA (r 16, alpha 32, all-linear), same AdamW (lr, beta2 0.95,
+linear schedule, warmup, grad-norm clip 1.0) and the same loss mask (-100 labels on prompt
+tokens for HF), through three trainers:
+- ours:    `promptdistill.train.train` (bf16 base + fp32 LoRA, bucketed token-budget batches,
+           loss only at answer positions, prefetch thread);
+- tuned:   HF Trainer as a user tuning for speed: padding collator, group_by_length sampler,
+           bf16=True (CPU autocast);
+- default: HF Trainer with default TrainingArguments (fp32, random sampler, padding collator).
+
+Each trainer runs in its own subprocess, so peak RSS is its own. Tokens/s counts real (non-pad)
+tokens. "equal loss" is checked on the mean training loss of the last quarter of the steps and
+on the validation loss of each trained adapter, computed by one function on the same examples.
+
+    .venv/bin/python benchmarks/train.py                 # full run, ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/train.py --steps 4 --examples 200   # quick check
+
+If no real samples are given (--samples RUN/samples.jsonl), it writes synthetic Beethoven
+conversations: the real persona system prompt and prompt-set user prompts, with answers drawn
+from Beethoven-style sentences at the length distribution of a max_tokens=256 teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SENTENCES = [
+    "Ah, you ask me that as if the answer were simple!",
+    "I wrote the choral finale because words alone could carry the joy I felt.",
+    "Write your question in my conversation book; my ears have betrayed me again.",
+    "Mozart was a miracle, but I had to find my own storm and my own sunrise.",
+    "Every morning I walk in the woods near Baden with a sketchbook in my coat pocket.",
+    "The music lives in my head; I hear every voice of the orchestra there, clearer than before.",
+    "A young pianist must practise slowly and feel each note before playing it fast.",
+    "Haydn taught me counterpoint, though I learned more from Albrechtsberger and my mistakes.",
+    "When Napoleon crowned himself emperor I tore the title page of the Eroica in two!",
+    "Deafness is a cruel companion, yet it has not silenced the music within me.",
+    "Art demands everything of a man, and I have given it everything I have.",
+    "In Heiligenstadt I wrote to my brothers that only my art held me back from despair.",
+    "Coffee with exactly sixty beans, counted by my own hand: that is how my day begins.",
+    "Do not flatter me, my friend; tell me honestly what you heard in the Adagio.",
+    "The publishers of Vienna are thieves, every one of them, and Artaria the worst.",
+    "My nephew Karl gives me more grief than all the critics of Leipzig together.",
+    "Prince Lichnowsky once tried to make me play for French officers; I walked out into the rain.",
+    "A symphony is a world: it must contain everything, the storm and the shepherd's song.",
+    "I sketch a theme a hundred times before it is worthy of the orchestra.",
+    "The Danube at dawn sounds like a slow movement in E-flat, warm and unhurried.",
+    "Schiller's words have followed me since Bonn; at last I have set them to music.",
+    "Dance, my friend, but do not ask me to dance; I would trample the whole ballroom!",
+    "Rossini pleases the crowd, and the crowd is easily pleased.",
+    "Freedom and progress are the goals of art, as they are of life itself.",
+]
+
+
+def write_synthetic_samples(path: Path, n: int, seed: int = 0) -> None:
+    """Beethoven conversations in RUN/samples.jsonl format (see issue #3)."""
+    from promptdistill.personas import expand_prompts, load_persona
+
+    loaded = load_persona("beethoven")
+    system = loaded.persona.system_prompt
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        for p in expand_prompts(loaded, n, seed):
+            # ~15 tokens per sentence: 15% short (2-5), 70% medium (5-15), 15% cut at 256 tokens
+            r = rng.random()
+            count = rng.randint(2, 5) if r < 0.15 else rng.randint(5, 15) if r < 0.85 else 22
+            answer = " ".join(rng.choice(SENTENCES) for _ in range(count))
+            truncated = count == 22
+            if truncated:
+                answer = " ".join(answer.split()[:200])
+            rec = {
+                "id": p.id,
+                "split": p.split,
+                "category": p.category,
+                "prompt_set": p.prompt_set,
+                "gold": p.gold,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": p.text},
+                    {"role": "assistant", "content": answer},
+                ],
+                "finish_reason": "length" if truncated else "stop",
+                "truncated": truncated,
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "latency_s": 0.0,
+                "teacher": {"base_url": None, "model": "synthetic", "sampling": {}},
+            }
+            f.write(orjson.dumps(rec) + b"\n")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- shared data
+
+
+def load_examples(run: Path, max_len: int) -> tuple[Any, Any, Any, Any]:
+    """The datums every trainer uses (ours builds them; HF gets them as input_ids + labels)."""
+    from promptdistill.config import DatumConfig
+    from promptdistill.datums import prepare_datums
+    from promptdistill.models import load_tokenizer
+    from promptdistill.store import RunDir
+
+    tok = load_tokenizer("smollm2-135m")
+    data, _ = prepare_datums(RunDir(run), tok, DatumConfig(max_len=max_len), "smollm2-135m")
+    return tok, data, data.indices("train"), data.indices("val")
+
+
+def val_loss(lm: Any, data: Any, val_idx: Any) -> float:
+    import torch
+
+    from promptdistill.train import evaluate
+
+    return evaluate(lm, data, val_idx, 4096, "pad", torch.device("cpu"), 0)
+
+
+# --------------------------------------------------------------------------- trainers
+
+
+def run_ours(a: argparse.Namespace) -> dict[str, Any]:
+    from rich.console import Console
+
+    from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
+    from promptdistill.store import RunDir, read_jsonl
+    from promptdistill.train import train
+
+    _, data, train_idx, val_idx = load_examples(a.run, a.max_len)
+    mean_len = float(data.lengths()[train_idx].mean())
+    cfg = TrainConfig(
+        steps=a.steps,
+        epochs=None,
+        lr=a.lr,
+        warmup=a.warmup,
+        schedule="linear",
+        batch_tokens=int(a.batch * mean_len * 1.08),
+        save_every=10**6,
+        eval_every=10**6,
+        eval_examples=1,
+        seed=0,
+    )
+    console = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
+    t0 = time.perf_counter()
+    res = train(
+        RunDir(a.run), StudentConfig(), DatumConfig(max_len=a.max_len), cfg, console, fresh=True
+    )
+    wall = time.perf_counter() - t0
+    rows = [r for r in read_jsonl(a.run / "metrics.jsonl") if r.get("type") == "train"]
+    losses = [r["loss"] for r in rows]
+    examples = int(sum(r["tokens"] for r in rows) / mean_len)
+    # val loss of the trained adapter, by the same function as for the HF runs (fp32 base)
+    from peft import PeftModel
+
+    from promptdistill.models import load_causal_lm
+
+    base = load_causal_lm("smollm2-135m", dtype="fp32")
+    model = PeftModel.from_pretrained(base, str(a.run / "adapter"))
+    return {
+        "tokens_per_s": res.tokens_per_s,
+        "losses": losses,
+        "data_wait_pct": 100 * res.data_wait_fraction,
+        "wall_s": wall,
+        "examples_seen_approx": examples,
+        "batch_tokens": cfg.batch_tokens,
+        "val_loss": val_loss(model.base_model.model, data, val_idx),
+    }
+
+
+def run_hf(a: argparse.Namespace, tuned: bool) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from promptdistill.models import load_causal_lm
+
+    tok, data, train_idx, val_idx = load_examples(a.run, a.max_len)
+    examples = []
+    for i in train_idx.tolist():
+        t, w = data.example(i)
+        ids = t.tolist()
+        # HF shifts labels itself: label[i] = token i where it carries loss, else -100
+        examples.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "labels": [x if wt > 0 else -100 for x, wt in zip(ids, w, strict=True)],
+            }
+        )
+    base = load_causal_lm("smollm2-135m", dtype="fp32")
+    base.train()
+    torch.manual_seed(0)
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    inner = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    stats = {"tokens": 0, "collate_s": 0.0, "t0": 0.0, "t1": 0.0, "losses": []}
+
+    def collate(features: list[dict[str, Any]]) -> Any:
+        t0 = time.perf_counter()
+        out = inner(features)
+        stats["tokens"] += int(out["attention_mask"].sum()) - len(features)  # inputs predicted
+        stats["collate_s"] += time.perf_counter() - t0
+        return out
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kw: Any) -> None:
+            stats["t0"] = time.perf_counter()
+
+        def on_train_end(self, *args: Any, **kw: Any) -> None:
+            stats["t1"] = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                stats["losses"].append(float(logs["loss"]))
+
+    kwargs: dict[str, Any] = {}
+    if tuned:
+        kwargs = {"bf16": True, "train_sampling_strategy": "group_by_length"}
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=a.steps,
+        per_device_train_batch_size=a.batch,
+        learning_rate=a.lr,
+        warmup_steps=a.warmup,
+        lr_scheduler_type="linear",
+        adam_beta2=0.95,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        **kwargs,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=[Clock()]
+    )
+    trainer.train()
+    wall = stats["t1"] - stats["t0"]
+    model.eval()
+    return {
+        "tokens_per_s": stats["tokens"] / wall,
+        "losses": stats["losses"],
+        "data_wait_pct": 100 * stats["collate_s"] / wall,
+        "wall_s": wall,
+        "examples_seen": a.steps * a.batch,
+        "val_loss": val_loss(model.base_model.model, data, val_idx),
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8, help="examples per optimizer step")
+    ap.add_argument("--examples", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--samples", type=Path, default=None, help="use a real RUN/samples.jsonl")
+    ap.add_argument("--only", choices=["ours", "tuned", "default"], default=None)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--run", type=Path, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.only:  # child process: one trainer, one JSON line on stdout
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        fn = {
+            "ours": run_ours,
+            "tuned": lambda x: run_hf(x, True),
+            "default": lambda x: run_hf(x, False),
+        }[a.only]
+        out = fn(a)
+        out["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(out))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="pd-bench-train-"))
+    samples = work / "run" / "samples.jsonl"
+    if a.samples:
+        samples.parent.mkdir(parents=True)
+        samples.write_bytes(a.samples.read_bytes())
+    else:
+        write_synthetic_samples(samples, a.examples)
+    print(
+        f"load before: {os.getloadavg()[0]:.2f} (1-min), cores: {os.cpu_count()}, "
+        f"torch threads: {a.threads or 'default'}",
+        flush=True,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for name in ("ours", "tuned", "default"):
+        run = work / f"run-{name}"
+        run.mkdir()
+        (run / "samples.jsonl").write_bytes(samples.read_bytes())
+        cmd = [
+            sys.executable,
+            __file__,
+            "--only",
+            name,
+            "--run",
+            str(run),
+            "--steps",
+            str(a.steps),
+            "--batch",
+            str(a.batch),
+            "--lr",
+            str(a.lr),
+            "--warmup",
+            str(a.warmup),
+            "--threads",
+            str(a.threads),
+            "--max-len",
+            str(a.max_len),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(line[-1][7:])
+        r = results[name]
+        q = max(1, len(r["losses"]) // 4)
+        r["final_loss"] = sum(r["losses"][-q:]) / q
+        print(
+            f"{name:8s} {r['tokens_per_s']:8.1f} tok/s  final train loss {r['final_loss']:.4f}"
+            f"  val loss {r['val_loss']:.4f}  data wait {r['data_wait_pct']:.2f}%  "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s",
+            flush=True,
+        )
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    ours = results["ours"]
+    for name in ("tuned", "default"):
+        r = results[name]
+        print(
+            f"ours / {name}: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x tokens/s; "
+            f"final train loss {100 * (ours['final_loss'] / r['final_loss'] - 1):+.1f}%, "
+            f"val loss {100 * (ours['val_loss'] / r['val_loss'] - 1):+.1f}%"
+        )
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"details: {work / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
