@@ -32,6 +32,7 @@ from promptdistill.config import CompareConfig, SampleConfig, SamplingParams, St
 from promptdistill.errors import UserError
 from promptdistill.generation import Answer, Chat, EndpointChat, LocalChat, Message, answer_all
 from promptdistill.store import JsonlWriter, RunDir, redact_url
+from promptdistill.teacher.transport import normalize_base_url
 
 COMPARE_FILE = "compare.jsonl"
 HELP = """\
@@ -318,6 +319,8 @@ def resolve(run: RunDir, cfg: CompareConfig) -> Resolved:
             if v is not None
         }
     )
+    if teacher.base_url is not None:
+        normalize_base_url(teacher.base_url)  # a bad URL fails now, before any model loads
     sample = sample.model_copy(update={"teacher": teacher})
     sampling = sample.sampling.model_copy(
         update={
