@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import resource
 import sys
 import time
@@ -159,6 +160,54 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _busy_cores(interval_s: float = 0.25) -> float | None:
+    """How many cores other processes keep busy right now (Linux /proc/stat; else None)."""
+
+    def snapshot() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(interval_s)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    dt = total1 - total0
+    return cores * (1.0 - (idle1 - idle0) / dt) if dt > 0 else None
+
+
+def _choose_threads(say: Say) -> int:
+    """One torch thread when the other processes already keep the cores busy.
+
+    torch's OpenMP threads spin at every barrier: with 2 threads on 2 cores that other
+    processes hold, a decode step of SmolLM2-135M took 4.9 s instead of 0.34 s with 1 thread
+    (measured on the dev machine at load 8). OMP_NUM_THREADS, when set, is respected.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS") or threads <= 1:
+        return threads
+    busy = _busy_cores()
+    if busy is not None and busy >= 0.75 * threads:
+        torch.set_num_threads(1)
+        say(f"other processes keep {busy:.1f} of {os.cpu_count()} cores busy: using 1 thread")
+        return 1
+    return threads
+
+
+def _peak_gpu_mb(device: str) -> float | None:
+    """The most GPU memory torch held for the student (None on CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return float(torch.cuda.max_memory_allocated()) / 1e6
+
+
 def _timing_summary(timings: Sequence[Any]) -> dict[str, Any]:
     if not timings:
         return {"requests": 0}
@@ -229,6 +278,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
         f"{sum(i.split == 'validation' for i in heldout)} validation); up to {max_new} new tokens"
     )
     local = load_local(inputs, say)
+    threads = _choose_threads(say) if local.device == "cpu" else None
     teacher_cfg = inputs.sample.teacher
     base_url = cfg.base_url or teacher_cfg.base_url
     teacher_model = cfg.model or teacher_cfg.model
@@ -256,6 +306,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     else:
         notes["student_tokens_per_s"] = "latency not measured (0 latency requests)"
     peak_rss = _peak_rss_mb()
+    peak_gpu = _peak_gpu_mb(local.device)
     param_counts = _param_counts(local.student, local.adapter_params)
 
     # ---- 3. the base: NLL of the teacher's answers without and with the system prompt
@@ -369,6 +420,8 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
                 [r.get("latency_s") for r in inputs.samples if r.get("latency_s") is not None]
             ).as_dict(),
             "student_peak_rss_mb": peak_rss,
+            "student_peak_gpu_mb": peak_gpu,
+            "cpu_threads": threads,
             "student_dtype": param_counts.pop("dtype"),
             **_adapter_size(inputs.adapter),
             **param_counts,
