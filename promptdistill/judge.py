@@ -127,8 +127,32 @@ def shuffled(items: list[JudgeItem], seed: int) -> list[JudgeItem]:
     return order
 
 
+class _Breaker:
+    """Stops the judge when the endpoint cannot be reached at all: without it, every answer
+    would sit through its own retries (minutes for a few hundred answers) for nothing."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.unreachable_in_a_row = 0
+
+    def failed(self, e: RetryableError, where: str) -> None:
+        if e.kind != "unreachable":
+            return
+        self.unreachable_in_a_row += 1
+        if self.unreachable_in_a_row >= self.limit:
+            raise FatalError(f"the judge endpoint {where} is unreachable ({e})")
+
+    def reached(self) -> None:
+        self.unreachable_in_a_row = 0
+
+
 async def _one(
-    transport: Transport, item: JudgeItem, description: str, cfg: JudgeConfig, model: str
+    transport: Transport,
+    item: JudgeItem,
+    description: str,
+    cfg: JudgeConfig,
+    model: str,
+    breaker: _Breaker,
 ) -> JudgeScore:
     messages = judge_messages(description, item.prompt, item.answer)
     result = JudgeScore(item, None, 0)
@@ -143,6 +167,7 @@ async def _one(
         try:
             reply = await transport.chat(body)
         except RetryableError as e:
+            breaker.failed(e, transport.public_url)
             http_failures += 1
             if http_failures > cfg.http_retries:
                 result.reason = f"endpoint error after {http_failures} tries: {e}"
@@ -153,6 +178,7 @@ async def _one(
         except PromptError as e:
             result.reason = f"endpoint refused the request: {e}"
             return result
+        breaker.reached()
         result.replies.append(reply.content[:500])
         score = parse_score(reply.content)
         if score is not None:
@@ -175,11 +201,12 @@ async def judge_async(
     """Score every item, in a seeded shuffled order; results come back in the input order."""
     order = shuffled(items, cfg.seed)
     sem = asyncio.Semaphore(cfg.concurrency)
+    breaker = _Breaker(limit=2 * cfg.concurrency)
     async with Transport(base_url, api_key, cfg.concurrency, cfg.timeout_s) as transport:
 
         async def run(item: JudgeItem) -> JudgeScore:
             async with sem:
-                return await _one(transport, item, description, cfg, model)
+                return await _one(transport, item, description, cfg, model, breaker)
 
         # tasks are created (and so start) in the shuffled order
         tasks = [asyncio.ensure_future(run(it)) for it in order]

@@ -140,3 +140,14 @@ def test_summary_interval() -> None:
     s = summarize(scores)["m"].as_dict()
     assert s["mean"] == pytest.approx(3.0)
     assert s["lo"] == pytest.approx(1.0368, abs=1e-3) and s["method"] == "student-t"
+
+
+def test_unreachable_judge_fails_fast_with_a_user_error() -> None:
+    from fake_openai import free_port
+
+    from promptdistill.errors import UserError
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    cfg = JudgeConfig(concurrency=2, http_retries=2)
+    with pytest.raises(UserError, match="unreachable.*--no-judge"):
+        run_judge(items(20), DESCRIPTION, cfg, url, "fake-teacher", None)
