@@ -168,15 +168,24 @@ def _busy_cores(interval_s: float = 0.25) -> float | None:
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
         return sum(fields), idle
 
+    def own_cpu_s() -> float:
+        t = os.times()
+        return t.user + t.system
+
     try:
         total0, idle0 = snapshot()
+        own0, wall0 = own_cpu_s(), time.monotonic()
         time.sleep(interval_s)
         total1, idle1 = snapshot()
+        own1, wall1 = own_cpu_s(), time.monotonic()
     except (OSError, ValueError, IndexError):
         return None
     cores = os.cpu_count() or 1
     dt = total1 - total0
-    return cores * (1.0 - (idle1 - idle0) / dt) if dt > 0 else None
+    if dt <= 0 or wall1 <= wall0:
+        return None
+    busy = cores * (1.0 - (idle1 - idle0) / dt)
+    return max(0.0, busy - (own1 - own0) / (wall1 - wall0))  # not counting this process
 
 
 def _choose_threads(say: Say) -> int:
