@@ -702,24 +702,33 @@ def train(
             )
             display.update(p_step, info)
 
+    last_eval = -1
+
+    def validate(at_step: int) -> None:
+        nonlocal val_loss, last_eval
+        val_loss, last_eval = (
+            evaluate(lm, data, val_idx, cfg.batch_tokens, mode, device, pad_id),
+            at_step,
+        )
+        if metrics is not None:
+            metrics.write(
+                {
+                    "type": "eval",
+                    "step": at_step,
+                    "val_loss": round(val_loss, 6),
+                    "val_examples": len(val_idx),
+                }
+            )
+        if display is not None and not display.live:
+            display.log(f"step {at_step}/{total} | val loss {val_loss:.4f}")
+
     interrupted = False
     try:
         while step < total:
             # ---- every eval_every steps (and before the first): validation loss
             if len(val_idx) and step % cfg.eval_every == 0 and step != resumed_from:
                 flush_pending()
-                val_loss = evaluate(lm, data, val_idx, cfg.batch_tokens, mode, device, pad_id)
-                if metrics is not None:
-                    metrics.write(
-                        {
-                            "type": "eval",
-                            "step": step,
-                            "val_loss": round(val_loss, 6),
-                            "val_examples": len(val_idx),
-                        }
-                    )
-                if display is not None and not display.live:
-                    display.log(f"step {step}/{total} | val loss {val_loss:.4f}")
+                validate(step)
 
             # ---- one optimizer step over grad_accum micro-batches
             t0 = time.perf_counter()
@@ -793,17 +802,8 @@ def train(
         flush_pending()
 
         # ---- the end: final validation, checkpoint, adapter, loss curve
-        if not interrupted and len(val_idx) and step % cfg.eval_every != 0:
-            val_loss = evaluate(lm, data, val_idx, cfg.batch_tokens, mode, device, pad_id)
-            if metrics is not None:
-                metrics.write(
-                    {
-                        "type": "eval",
-                        "step": step,
-                        "val_loss": round(val_loss, 6),
-                        "val_examples": len(val_idx),
-                    }
-                )
+        if not interrupted and len(val_idx) and last_eval != step:
+            validate(step)
         if step > start_step or interrupted:
             save(step, pos)
         if pending_write is not None:
