@@ -20,7 +20,7 @@ Facts about `transformers serve` (5.x) this relies on, read from its source:
   models.convert_gguf); a temperature-0 first request makes it greedy.
 
 The server runs in its own session (process group), so a Ctrl-C in the terminal reaches only us;
-we then stop the whole group (SIGTERM, then SIGKILL). On Linux it also gets SIGTERM if we die
+we then stop the whole group (SIGTERM, then SIGKILL). On Linux it also gets SIGKILL if we die
 without cleaning up (PR_SET_PDEATHSIG), so no orphaned server keeps eating the CPU.
 """
 
@@ -94,9 +94,11 @@ def serve_command(
     kv_cache_tokens: int = KV_CACHE_TOKENS,
     max_batch_tokens: int = MAX_BATCH_TOKENS,
 ) -> list[str]:
-    """The `transformers serve` command line, run by this interpreter (works in any venv)."""
-    num_blocks = max(1, -(-kv_cache_tokens // PAGE_SIZE))
-    return [
+    """The `transformers serve` command line, run by this interpreter (works in any venv).
+
+    kv_cache_tokens / max_batch_tokens 0 leave the sizing to transformers (60% of free RAM).
+    """
+    cmd = [
         sys.executable,
         "-m",
         "transformers.cli.transformers",
@@ -111,11 +113,12 @@ def serve_command(
         str(port),
         "--dtype",
         dtype_name(dtype),
-        "--cb-num-blocks",
-        str(num_blocks),
-        "--cb-max-batch-tokens",
-        str(max_batch_tokens),
     ]
+    if kv_cache_tokens > 0:
+        cmd += ["--cb-num-blocks", str(max(1, -(-kv_cache_tokens // PAGE_SIZE)))]
+    if max_batch_tokens > 0:
+        cmd += ["--cb-max-batch-tokens", str(max_batch_tokens)]
+    return cmd
 
 
 @contextlib.contextmanager
@@ -254,9 +257,11 @@ def _start(cmd: list[str], model_dir: Path, host: str, port: int, log_path: Path
 
 
 def _die_with_parent_fn() -> Callable[[], None] | None:
-    """preexec_fn: SIGTERM the server when we die, even by SIGKILL (Linux PR_SET_PDEATHSIG).
+    """preexec_fn: kill the server when we die, even by SIGKILL (Linux PR_SET_PDEATHSIG).
 
-    The signal fires when the *thread* that forked exits, so only use it from the main thread.
+    SIGKILL, not SIGTERM: on SIGTERM uvicorn waits for in-flight requests, which nobody will
+    read any more (seen: an orphan waiting forever). The signal fires when the *thread* that
+    forked exits, so only use it from the main thread.
     """
     if (
         not sys.platform.startswith("linux")
@@ -270,7 +275,7 @@ def _die_with_parent_fn() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def set_pdeathsig() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL))
 
     return set_pdeathsig
 
