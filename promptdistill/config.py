@@ -179,12 +179,15 @@ class JudgeConfig(StrictModel):
     enabled: bool = True
     base_url: str | None = None
     model: str | None = None
-    max_retries: int = Field(2, ge=0)  # malformed replies asked again, then the score is missing
-    http_retries: int = Field(4, ge=0)
-    retry_temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(64, ge=1)
-    concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
+    # malformed replies are asked again this many times, then the score is recorded as missing
+    max_retries: int = Field(default=2, ge=0)
+    http_retries: int = Field(default=4, ge=0)
+    retry_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=64, ge=1)
+    concurrency: int = Field(default=8, ge=1)
+    # generous: a request that times out is still computed by the server, and its retry adds
+    # the same work again (an overloaded local judge then never catches up)
+    timeout_s: float = Field(default=600.0, gt=0)
     seed: int = 0
 
 
@@ -195,15 +198,16 @@ class EvalConfig(StrictModel):
     model: str | None = None
     api_key_env: str | None = None
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    price_in: float | None = Field(None, ge=0)  # USD per million input tokens
-    price_out: float | None = Field(None, ge=0)  # USD per million output tokens
-    max_heldout: int | None = Field(None, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
+    price_in: float | None = Field(default=None, ge=0)  # USD per million input tokens
+    price_out: float | None = Field(default=None, ge=0)  # USD per million output tokens
+    max_heldout: int | None = Field(default=None, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int = 0
     answer_pattern: str = r"Final Answer:\s*(.+)"
-    batch_size: int = Field(32, ge=1)
-    latency_requests: int = Field(3, ge=0)  # single-stream requests timed per model
-    classifier_train: int = Field(48, ge=0)  # train prompts the base answers for the classifier
+    batch_size: int = Field(default=32, ge=1)
+    latency_requests: int = Field(default=3, ge=0)  # single-stream requests timed per model
+    # train prompts whose base answers (with their teacher answers) train the classifier
+    classifier_train: int = Field(default=48, ge=0)
 
 
 class CompareConfig(StrictModel):

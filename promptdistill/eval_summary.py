@@ -270,6 +270,12 @@ def answer_rows(
         row["judge"] = {
             m: judge_scores[(m, i.id)].score for m in MODELS if (m, i.id) in judge_scores
         }
+        # the judge's last reply per answer, so a low or missing score can be checked by eye
+        row["judge_reply"] = {
+            m: (judge_scores[(m, i.id)].replies or [None])[-1]
+            for m in MODELS
+            if (m, i.id) in judge_scores
+        }
         row["classifier_p_teacher"] = {m: p[k] for m, p in cls_probs.items()}
         if i.gold is not None:
             row["final_answer"] = {
