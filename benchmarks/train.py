@@ -38,6 +38,8 @@ from typing import Any
 
 import orjson
 
+WARM = 2  # steps left out of the steady-state rate
+
 SENTENCES = [
     "Ah, you ask me that as if the answer were simple!",
     "I wrote the choral finale because words alone could carry the joy I felt.",
@@ -162,6 +164,9 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     rows = [r for r in read_jsonl(a.run / "metrics.jsonl") if r.get("type") == "train"]
     losses = [r["loss"] for r in rows]
+    # steady state: without the first WARM steps (allocator and oneDNN kernel warm-up)
+    steady = rows[WARM:]
+    steady_rate = sum(r["tokens"] for r in steady) / max(1e-9, sum(r["step_s"] for r in steady))
     examples = int(sum(r["tokens"] for r in rows) / mean_len)
     # val loss of the trained adapter, by the same function as for the HF runs (fp32 base)
     from peft import PeftModel
@@ -172,6 +177,7 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     model = PeftModel.from_pretrained(base, str(a.run / "adapter"))
     return {
         "tokens_per_s": res.tokens_per_s,
+        "steady_tokens_per_s": steady_rate,
         "losses": losses,
         "data_wait_pct": 100 * res.data_wait_fraction,
         "wall_s": wall,
@@ -215,18 +221,31 @@ def run_hf(a: argparse.Namespace, tuned: bool) -> dict[str, Any]:
         ),
     )
     inner = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-    stats = {"tokens": 0, "collate_s": 0.0, "t0": 0.0, "t1": 0.0, "losses": []}
+    stats: dict[str, Any] = {
+        "tokens": 0,
+        "collate_s": 0.0,
+        "t0": 0.0,
+        "t1": 0.0,
+        "losses": [],
+        "step_tokens": [],
+        "step_end": [],
+    }
 
     def collate(features: list[dict[str, Any]]) -> Any:
         t0 = time.perf_counter()
         out = inner(features)
-        stats["tokens"] += int(out["attention_mask"].sum()) - len(features)  # inputs predicted
+        n = int(out["attention_mask"].sum()) - len(features)  # input positions predicted
+        stats["tokens"] += n
+        stats["step_tokens"].append(n)
         stats["collate_s"] += time.perf_counter() - t0
         return out
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *args: Any, **kw: Any) -> None:
             stats["t0"] = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kw: Any) -> None:
+            stats["step_end"].append(time.perf_counter())
 
         def on_train_end(self, *args: Any, **kw: Any) -> None:
             stats["t1"] = time.perf_counter()
@@ -261,9 +280,13 @@ def run_hf(a: argparse.Namespace, tuned: bool) -> dict[str, Any]:
     )
     trainer.train()
     wall = stats["t1"] - stats["t0"]
+    ends = stats["step_end"]
+    steady_tokens = sum(stats["step_tokens"][WARM : len(ends)])
+    steady_rate = steady_tokens / max(1e-9, ends[-1] - ends[WARM - 1])
     model.eval()
     return {
         "tokens_per_s": stats["tokens"] / wall,
+        "steady_tokens_per_s": steady_rate,
         "losses": stats["losses"],
         "data_wait_pct": 100 * stats["collate_s"] / wall,
         "wall_s": wall,
@@ -347,10 +370,11 @@ def main() -> None:
             sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         results[name] = json.loads(line[-1][7:])
         r = results[name]
-        q = max(1, len(r["losses"]) // 4)
+        q = max(1, len(r["losses"]) // 2)
         r["final_loss"] = sum(r["losses"][-q:]) / q
         print(
-            f"{name:8s} {r['tokens_per_s']:8.1f} tok/s  final train loss {r['final_loss']:.4f}"
+            f"{name:8s} {r['tokens_per_s']:8.1f} tok/s ({r['steady_tokens_per_s']:.1f} steady)"
+            f"  final train loss {r['final_loss']:.4f}"
             f"  val loss {r['val_loss']:.4f}  data wait {r['data_wait_pct']:.2f}%  "
             f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s",
             flush=True,
@@ -360,7 +384,8 @@ def main() -> None:
     for name in ("tuned", "default"):
         r = results[name]
         print(
-            f"ours / {name}: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x tokens/s; "
+            f"ours / {name}: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x tokens/s "
+            f"({ours['steady_tokens_per_s'] / r['steady_tokens_per_s']:.2f}x steady); "
             f"final train loss {100 * (ours['final_loss'] / r['final_loss'] - 1):+.1f}%, "
             f"val loss {100 * (ours['val_loss'] / r['val_loss'] - 1):+.1f}%"
         )
