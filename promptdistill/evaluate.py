@@ -558,6 +558,9 @@ def _endpoint_phase(
                     )  # fmt: skip
                 latency = _timing_summary(timings)
                 latency["endpoint"] = redact_url(url) if base_url else "embedded local teacher"
+            except KeyboardInterrupt:
+                say("teacher latency interrupted; going on without it")
+                notes["teacher_latency"] = "interrupted (Ctrl-C)"
             except Exception as e:  # any network failure: record it, keep the rest
                 reason = " ".join(str(e).split())[:300] or type(e).__name__
                 if api_key:
@@ -575,6 +578,11 @@ def _endpoint_phase(
             try:
                 with Phase(say, f"judge ({len(items)} answers, blind, shuffled)"):
                     scores = run_judge(items, description, jcfg, judge_url, judge_model, api_key)
+            except KeyboardInterrupt:
+                # Ctrl-C while waiting on the judge: keep everything measured so far
+                say("judge interrupted; writing the report without it")
+                notes["judge"] = "interrupted (Ctrl-C); run eval again to get the judge's scores"
+                return None, {}, latency
             except UserError as e:
                 notes["judge"] = f"judge unavailable: {e}"
                 return None, {}, latency
