@@ -6,6 +6,7 @@ them, so `promptdistill sample` starts in a fraction of a second.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -661,6 +662,9 @@ def runs(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every UserError becomes one line on stderr and a non-zero exit."""
+    # `kill` and `timeout` send SIGTERM: unwind like Ctrl-C does, so context managers stop the
+    # local teacher subprocess and flush files instead of leaving a server running
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         # standalone_mode=False: click *returns* the code of a `typer.Exit(code)` raised by a
         # command instead of raising it, so it must be passed on here
@@ -682,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(f"{message} (see `{command} --help`)")
         return int(getattr(e, "exit_code", 2))
     return rc if isinstance(rc, int) else 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _print_error(message: str) -> None:
