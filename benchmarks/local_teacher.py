@@ -219,8 +219,9 @@ def main() -> None:
             f"{sampling.temperature}, top_p {sampling.top_p}. Each level sends max(4, "
             f"{args.waves} x concurrency) distinct requests through one aiohttp session; the "
             f"ratios are against concurrency 1 in the same run, on the same server. Server CPU "
-            f"s / request is the server process's CPU time (all threads) per request: unlike "
-            f"wall time, it hardly depends on what else the machine runs.",
+            f"s / request is the server process's CPU time (all threads) per request; it "
+            f"depends less on other jobs than wall time does, but torch's spinning threads "
+            f"inflate it on an oversubscribed machine.",
             "",
             f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} "
             f"cores, load average {load_before} before and {load_after} after. Server start-up "
