@@ -8,8 +8,9 @@ Two ways to put examples of different lengths into one forward pass:
 - "pad" (default): bucketed padding. Examples are shuffled, then sorted by length inside windows
   of a few hundred, and cut into batches of B rows whose padded size B * T_max stays under the
   token budget. Rows are right-padded and passed WITHOUT an attention mask: causal attention never
-  lets a real token see the pads after it, so SDPA takes its `is_causal` fast path and no mask is
-  built; pad positions produce garbage that carries weight 0. With length-sorted windows padding
+  lets a real token see the pads after it, so no padding mask is needed (SDPA can take its
+  `is_causal` fast path; eager, which the trainer uses on CPU, needs only the plain causal mask);
+  pad positions produce garbage that carries weight 0. With length-sorted windows padding
   is typically a few percent of the tokens.
 - "pack": padding-free packing (the HF `DataCollatorWithFlattening` idea): one row of
   concatenated examples, `position_ids` restarting at 0 per example and no attention mask;

@@ -553,7 +553,7 @@ def train(
     if device.type == "cpu" and base.config._attn_implementation == "sdpa":
         # Measured on SmolLM2-135M, bf16, 256-token rows (docs/benchmarks.md): PyTorch's CPU
         # flash-attention kernel took ~26% of a training step, its backward above all; plain
-        # matmul + softmax ("eager") took ~8%. At our row lengths the (T x T) scores are small.
+        # matmul + softmax ("eager") took ~10%. At our row lengths the (T x T) scores are small.
         base.set_attn_implementation("eager")
     if cfg.batching == "auto" and "flash" in str(base.config._attn_implementation):
         mode = "pack"
