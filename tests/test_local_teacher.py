@@ -139,7 +139,9 @@ def test_teacher_serve_prints_how_to_use_it_and_stops_on_ctrl_c(smollm2_dir: Pat
         # The printed base URL and model name are what a client needs, and the teacher samples
         # (temperature 1): the same question gets different answers.
         base_url = f"http://127.0.0.1:{port}/v1"
-        answers = [chat(base_url, model.group(1), "Tell me a story about a cat.") for _ in "abc"]
+        # 24 sampled tokens: three identical answers would take a ~1e-6 coincidence.
+        story = "Tell me a story about a cat."
+        answers = [chat(base_url, model.group(1), story, max_tokens=24) for _ in "abc"]
         assert all(a.strip() for a in answers)
         assert len(set(answers)) > 1, answers
 
