@@ -204,7 +204,8 @@ def teacher_serve(
         str, typer.Option(help="auto (bf16 where the CPU has it, else fp32), bf16 or fp32.")
     ] = "auto",
     kv_cache_tokens: Annotated[
-        int, typer.Option(min=256, help="KV-cache size in tokens (continuous batching).")
+        int,
+        typer.Option(min=0, help="KV-cache size in tokens; 0: transformers' own (60% of RAM)."),
     ] = 32768,
 ) -> None:
     """Serve the embedded teacher (transformers serve) until Ctrl-C, and say how to use it."""
@@ -222,7 +223,7 @@ def teacher_serve(
     def stop_on_sigterm(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # `kill PID` stops the server as cleanly as Ctrl-C
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    previous_sigterm = signal.signal(signal.SIGTERM, stop_on_sigterm)
     # Started in the background by a shell, we inherit SIGINT ignored; `kill -INT` must still work.
     previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     say(f"starting the local teacher ({model}) on {host}:{port} ...")
@@ -247,7 +248,7 @@ def teacher_serve(
             except KeyboardInterrupt:
                 say("stopping the local teacher ...")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous_sigterm)
         signal.signal(signal.SIGINT, previous_sigint)
     say("local teacher stopped")
 
