@@ -171,6 +171,32 @@ def _complete_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(previous)
 
 
+# transformers serve on this CPU prefills only ~250 prompt tokens/s (docs/benchmarks.md), so a
+# 900-token persona prompt costs seconds per request, and a request the server has queued is
+# still computed after the client gave up on it. With 64 in flight the last ones wait minutes,
+# time out, and their retries double the work until nothing finishes. So keep in flight about
+# what its KV cache holds, and wait as long as it takes.
+LOCAL_CONCURRENCY = 16
+LOCAL_TIMEOUT_S = 1800.0
+
+
+def for_local_teacher(config: SampleConfig, say: Callable[[str], None]) -> SampleConfig:
+    t = config.teacher
+    if t.concurrency <= LOCAL_CONCURRENCY and t.timeout_s >= LOCAL_TIMEOUT_S:
+        return config
+    teacher = t.model_copy(
+        update={
+            "concurrency": min(t.concurrency, LOCAL_CONCURRENCY),
+            "timeout_s": max(t.timeout_s, LOCAL_TIMEOUT_S),
+        }
+    )
+    say(
+        f"local teacher: {teacher.concurrency} requests in flight, {teacher.timeout_s:.0f} s "
+        "timeout (a CPU server queues the rest; retrying them would only add work)"
+    )
+    return config.model_copy(update={"teacher": teacher})
+
+
 def _job(p: UserPrompt, system_prompt: str) -> Job:
     meta: dict[str, Any] = {"split": p.split, "prompt_set": p.prompt_set, "category": p.category}
     if p.gold is not None:
@@ -230,6 +256,9 @@ def sample_run(
     with contextlib.ExitStack() as stack:
         if base is None:
             from promptdistill.teacher.local import running_local_teacher
+
+            config = for_local_teacher(config, say)
+            summary.max_concurrency = summary.min_concurrency = config.teacher.concurrency
 
             say(f"starting the local teacher ({config.teacher.model}) ...")
             local = stack.enter_context(running_local_teacher(config.teacher.model, log=say))
