@@ -188,6 +188,7 @@ def sample(
     )
     raise typer.Exit(1)
 
+
 # teacher serve (issue #4) --------------------------------------------------------------------
 
 
@@ -321,12 +322,25 @@ def train(
 
     run_dir = RunDir(run).require()
     overrides = {
-        "student": student, "dtype": dtype, "epochs": epochs, "steps": steps, "lr": lr,
-        "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-        "target_modules": target_modules, "batch_tokens": batch_tokens,
-        "grad_accum": grad_accum, "warmup": warmup, "schedule": schedule,
-        "save_every": save_every, "eval_every": eval_every, "seed": seed,
-        "max_len": max_len, "overlong": overlong, "val_fraction": val_fraction,
+        "student": student,
+        "dtype": dtype,
+        "epochs": epochs,
+        "steps": steps,
+        "lr": lr,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "target_modules": target_modules,
+        "batch_tokens": batch_tokens,
+        "grad_accum": grad_accum,
+        "warmup": warmup,
+        "schedule": schedule,
+        "save_every": save_every,
+        "eval_every": eval_every,
+        "seed": seed,
+        "max_len": max_len,
+        "overlong": overlong,
+        "val_fraction": val_fraction,
     }
     student_cfg, datum_cfg, train_cfg = resolve_configs(run_dir, overrides, fresh=fresh)
     result = run_training(run_dir, student_cfg, datum_cfg, train_cfg, _console(), fresh=fresh)
@@ -337,9 +351,7 @@ def train(
 @app.command()
 def export(
     run: Annotated[str, typer.Argument(help="Run directory with a trained adapter.")],
-    merged: Annotated[
-        str, typer.Option(help="Output directory for the merged standalone model.")
-    ],
+    merged: Annotated[str, typer.Option(help="Output directory for the merged standalone model.")],
 ) -> None:
     """Merge the run's LoRA adapter into its base model and save a standalone model."""
     from pathlib import Path
@@ -566,7 +578,9 @@ def run_command(
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute.")] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Teacher answer cap.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Teacher temperature.")] = None,
-    student: Annotated[str | None, typer.Option(help="Student model (default smollm2-135m).")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="Student model (default smollm2-135m).")
+    ] = None,
     epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps (instead of epochs).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from promptdistill.pipeline import PRESETS, resolve_config, stage_fingerprints
 from fake_openai import start_fake_server
 from fixtures_openai import cli_env, write_persona
 from tiny import make_tiny_model
+
+from promptdistill.pipeline import PRESETS, resolve_config, stage_fingerprints
 
 pytestmark = pytest.mark.slow
 
