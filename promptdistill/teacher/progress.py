@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from promptdistill.teacher.sample import SampleSummary
 
 
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def _duration(seconds: float) -> str:
     if seconds != seconds or seconds == float("inf"):  # nan or inf
         return "?"
@@ -57,14 +61,21 @@ class Progress:
     # ----------------------------------------------------------------------- numbers
 
     def rates(self) -> tuple[float, float]:
-        """(requests/s, output tokens/s) over the recent window."""
+        """(requests/s, output tokens/s) over the recent window.
+
+        The window grows (up to 2 minutes) until it holds at least 20 finished requests: a slow
+        teacher, such as a CPU server finishing a batch every minute, otherwise reads 0.0."""
         now = time.monotonic()
         s = self.stats
         finished = s.done + s.failed
         self._history.append((now, finished, s.output_tokens))
-        while len(self._history) > 2 and now - self._history[0][0] > self.window_s:
+        while len(self._history) > 2 and now - self._history[0][0] > max(self.window_s, 120.0):
             self._history.popleft()
         t0, n0, tok0 = self._history[0]
+        for t, n, tok in reversed(self._history):
+            if now - t >= self.window_s and finished - n >= 20:
+                t0, n0, tok0 = t, n, tok
+                break
         if now - t0 < 0.5:  # too early for a recent window: use the whole run
             t0, n0, tok0 = s.started, 0, 0
         dt = max(now - t0, 1e-6)
@@ -77,7 +88,7 @@ class Progress:
         eta = left / rps if rps > 0 else float("inf")
         return (
             f"sample: {s.done}/{s.total} done, {s.failed} failed, "
-            f"{s.in_flight} in flight, {rps:.1f} req/s, {tps:.0f} out tok/s, "
+            f"{s.in_flight} in flight, {_rate(rps)} req/s, {tps:.0f} out tok/s, "
             f"{s.retries} retries ({s.rate_limited} x 429), concurrency {self.concurrency.limit}"
             f"/{self.concurrency.maximum}, ETA {_duration(eta)}"
         )
@@ -96,7 +107,7 @@ class Progress:
             "in flight", f"{s.in_flight}",
         )  # fmt: skip
         table.add_row(
-            "req/s", f"{rps:.1f}",
+            "req/s", _rate(rps),
             "out tok/s", f"{tps:.0f}",
             "ETA", _duration(eta),
         )  # fmt: skip
