@@ -34,7 +34,6 @@ built beside the target and renamed into place, and rebuilt only when the finger
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -46,7 +45,7 @@ import numpy as np
 
 from promptdistill.config import DatumConfig
 from promptdistill.errors import UserError
-from promptdistill.store import RunDir, atomic_write_json, read_jsonl
+from promptdistill.store import RunDir, atomic_write_json, read_jsonl, replace_dir
 
 DATUMS_DIR = "datums"
 DATA_FILE = "datums.safetensors"
@@ -309,14 +308,7 @@ def save_datums(out_dir: Path, data: Datums, fp: str) -> None:
         )
         atomic_write_json(tmp / "stats.json", data.stats)
         atomic_write_json(tmp / "fingerprint.json", {"fingerprint": fp})  # written last
-        if out_dir.exists():
-            aside = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.rename(out_dir, aside)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

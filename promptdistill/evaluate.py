@@ -113,25 +113,16 @@ def _renderers(tokenizer: Any, model_name: str) -> tuple[Any, Any, list[int]]:
 def load_local(inputs: RunInputs, say: Say) -> Local:
     """The tokenizer and the student (base + adapter, unmerged)."""
     import torch
-    from peft import PeftModel
     from transformers.utils import logging as hf_logging
 
-    from promptdistill.models import load_causal_lm, load_tokenizer
+    from promptdistill.models import load_student, load_tokenizer
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     say(f"loading {inputs.student.model} + {inputs.adapter} on {device}")
     tokenizer = load_tokenizer(inputs.student.model)
-    base = load_causal_lm(inputs.student.model, inputs.student.dtype, device=device)
-    try:
-        student = PeftModel.from_pretrained(base, str(inputs.adapter), is_trainable=False)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(
-            f"cannot load the adapter {inputs.adapter} onto {inputs.student.model}: "
-            f"{' '.join(str(e).split())[:300]}"
-        ) from None
-    student.eval()
+    student = load_student(inputs.student.model, inputs.adapter, inputs.student.dtype, device)
     render_prompt, render_answer, stop_ids = _renderers(tokenizer, inputs.student.model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     lora = sum(p.numel() for n, p in student.named_parameters() if "lora_" in n)

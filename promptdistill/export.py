@@ -36,9 +36,8 @@ def adapter_base(run: RunDir) -> str:
 
 def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print) -> Path:
     """Write base + adapter, merged with `merge_and_unload`, to `out` (atomically)."""
-    from peft import PeftModel
 
-    from promptdistill.models import load_causal_lm, load_tokenizer
+    from promptdistill.models import load_student, load_tokenizer
 
     run.require()
     adapter = run.file("adapter")
@@ -50,9 +49,7 @@ def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print)
         raise UserError(f"{out} exists and is not empty; choose a new --merged directory")
     base_name = adapter_base(run)
     log(f"merging {adapter} into {base_name} ...")
-    base = load_causal_lm(base_name, dtype=dtype)
-    model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
-    merged = model.merge_and_unload()
+    merged = load_student(base_name, adapter, dtype=dtype).merge_and_unload()
     tokenizer = load_tokenizer(base_name)
 
     out.parent.mkdir(parents=True, exist_ok=True)

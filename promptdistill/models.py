@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptdistill.errors import UserError
+from promptdistill.store import replace_dir
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +190,7 @@ def _embedded_dir(name: str, log: Callable[[str], None] | None) -> Path:
         try:
             convert_gguf(gguf, tmp)
             _make_readable(tmp)
-            _replace_dir(tmp, target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -205,32 +206,11 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an old `target` is renamed aside first, then deleted."""
-    if target.exists() or target.is_symlink():
-        aside = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(target, aside)
-        os.rename(new, target)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(new, target)
-    _fsync_dir(target.parent)
-
-
 def _make_readable(path: Path) -> None:
     """mkdtemp makes a 0700 dir; the cache is shared like any other model cache."""
     path.chmod(0o755)
     for p in path.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- cache validity
@@ -408,6 +388,27 @@ def resolve_dtype(dtype: torch.dtype | str = "auto", device: str = "cpu") -> tor
         return dtype
     result: torch.dtype = getattr(torch, dtype_name(dtype, device))
     return result
+
+
+def load_student(
+    name_or_path: str | os.PathLike[str],
+    adapter: str | os.PathLike[str],
+    dtype: torch.dtype | str = "auto",
+    device: str = "cpu",
+) -> Any:
+    """The base model with a trained LoRA adapter on top (PEFT, unmerged), in eval mode."""
+    from peft import PeftModel
+
+    base = load_causal_lm(name_or_path, dtype, device=device)
+    try:
+        student = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise UserError(
+            f"cannot load the adapter {adapter} onto {name_or_path}: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
+    student.eval()
+    return student
 
 
 def load_causal_lm(

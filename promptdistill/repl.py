@@ -392,7 +392,6 @@ def open_session(
 
     say(f"loading the student ({r.student.model} + {r.adapter}) ...")
     import torch
-    from peft import PeftModel
     from transformers.utils import logging as hf_logging
 
     # progress bars and deprecation notes from loading would land between the panels
@@ -401,22 +400,13 @@ def open_session(
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     from promptdistill.datums import end_of_turn_ids
-    from promptdistill.models import load_causal_lm, load_tokenizer
+    from promptdistill.models import load_causal_lm, load_student, load_tokenizer
 
     torch.set_grad_enabled(False)
     tokenizer = load_tokenizer(r.student.model)
     render = render_fn(tokenizer)
     stop_ids = sorted(end_of_turn_ids(tokenizer))  # EOS and <|im_end|>, as training taught
-    try:
-        student_model = PeftModel.from_pretrained(
-            load_causal_lm(r.student.model, r.student.dtype), str(r.adapter), is_trainable=False
-        )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(
-            f"cannot load the adapter {r.adapter} onto {r.student.model}: "
-            f"{' '.join(str(e).split())[:300]}"
-        ) from None
-    student_model.eval()
+    student_model = load_student(r.student.model, r.adapter, r.student.dtype)
     student_chat = LocalChat(student_model, tokenizer, render, stop_ids)
     student_chat.warm_up()
     student_name = Path(r.student.model).name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,6 +52,28 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def atomic_write_yaml(path: Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the finished directory `new` to `target`. An old `target` is renamed aside first and
+    deleted after, so a crash at any point leaves a complete directory at one of the two names."""
+    if target.exists() or target.is_symlink():
+        aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(target, aside)
+        os.rename(new, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(new, target)
+    fsync_dir(target.parent)
 
 
 # --------------------------------------------------------------------------- JSONL

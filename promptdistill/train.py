@@ -49,7 +49,13 @@ from promptdistill.batching import Batch, Mode, Prefetcher, batch_stream, collat
 from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
 from promptdistill.datums import Datums, prepare_datums
 from promptdistill.errors import UserError
-from promptdistill.store import JsonlWriter, RunDir, atomic_write_bytes, atomic_write_json
+from promptdistill.store import (
+    JsonlWriter,
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    replace_dir,
+)
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -837,8 +843,7 @@ def train(
         tmp = run.file(f".{ADAPTER}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        os.rename(tmp, adapter_dir)
+        replace_dir(tmp, adapter_dir)  # a crash never leaves the run without an adapter
         plot_loss(run.file(METRICS), run.file(LOSS_PNG))
         say(
             f"done: {step} steps in {_fmt_time(elapsed)}, {rate:,.0f} tokens/s, data wait "
