@@ -58,7 +58,7 @@ STAGES = list(STAGE_OUTPUTS)
 # Presets are partial configurations applied on top of the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: a real persona distillation on a 2-core laptop CPU. The local
-    # teacher prefills the ~960-token persona prompt at ~250 tokens/s here, so sampling is most
+    # teacher prefills the ~960-token persona prompt at ~120-260 tokens/s here, so sampling is most
     # of the time: 120 prompts (+45 held out) took ~19 of the measured 26 minutes, and already
     # recovered 77% of the prompt's effect on held-out NLL (README). 40 held-out prompts give
     # the report stable numbers. Judge off: a 135M judge's scores are noise, and

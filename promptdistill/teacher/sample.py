@@ -171,7 +171,7 @@ def _complete_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(previous)
 
 
-# transformers serve on this CPU prefills only ~250 prompt tokens/s (docs/benchmarks.md), so a
+# transformers serve on this CPU prefills only ~120-260 prompt tokens/s (docs/benchmarks.md), so a
 # 900-token persona prompt costs seconds per request, and a request the server has queued is
 # still computed after the client gave up on it. With 64 in flight the last ones wait minutes,
 # time out, and their retries double the work until nothing finishes. So keep in flight about
