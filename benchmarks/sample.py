@@ -4,6 +4,12 @@ Workload (issue #3): a loopback OpenAI-compatible endpoint that answers after 0.
 requests in flight, 5000 prompts. Its ceiling is 512 / 0.5 = 1024 req/s. The endpoint runs in a
 separate process (tests/fake_openai.py), so it never shares an event loop with a client.
 
+In real use the endpoint is another machine. Here it shares the 2 cores with the client, so by
+default (`--pin`, on machines with at least 2 CPUs) the endpoint runs on CPU 1 and everything
+else (this script, the baseline, the bare loop and the CLI) on CPU 0: the endpoint's own CPU
+work then does not land on the client's core. Every client gets the same treatment;
+`--no-pin` lets the OS schedule both freely.
+
 Measured, in the same run and against the same endpoint:
 - `promptdistill sample` as a user runs it: a CLI subprocess, timed end to end (interpreter
   start-up, persona expansion, writing samples.jsonl), and its sampling phase alone (from the
@@ -13,12 +19,14 @@ Measured, in the same run and against the same endpoint:
   and `AsyncOpenAI` with its default client (httpx, max_retries=2).
 
     .venv/bin/python benchmarks/sample.py [--prompts 5000] [--concurrency 512] [--latency 0.5]
+        [--no-pin]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import resource
 import subprocess
@@ -35,11 +43,12 @@ from promptdistill.personas import expand_prompts, load_persona  # noqa: E402
 MODEL = "fake-teacher"
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
+def start_server(latency: float, cpu: int | None) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--latency", str(latency)],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu})),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -133,8 +142,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=512)
     ap.add_argument("--latency", type=float, default=0.5)
     ap.add_argument("--persona", default="beethoven")
+    ap.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=True,
+        help="endpoint on CPU 1, clients on CPU 0 (default when there are 2+ CPUs)",
+    )  # fmt: skip
     args = ap.parse_args()
     ideal = args.concurrency / args.latency
+    pinned = args.pin and len(os.sched_getaffinity(0)) >= 2
+    if pinned:
+        os.sched_setaffinity(0, {0})  # inherited by the CLI subprocess
 
     loaded = load_persona(args.persona)
     system = loaded.persona.system_prompt
@@ -144,7 +160,7 @@ def main() -> None:
         for p in prompts
     ]
 
-    server, base_url = start_server(args.latency)
+    server, base_url = start_server(args.latency, 1 if pinned else None)
     try:
         # warm the server's process (imports, first connections) before timing anything
         asyncio.run(baseline(base_url, messages[:64], 64))
@@ -184,7 +200,8 @@ def main() -> None:
     base_rate = rows[0][1]
     print(
         f"{args.prompts} prompts, {args.concurrency} in flight, {args.latency} s latency: "
-        f"ideal {ideal:.0f} req/s"
+        f"ideal {ideal:.0f} req/s; "
+        + ("endpoint on CPU 1, clients on CPU 0" if pinned else "not pinned")
     )
     print(f"{'client':<44} {'req/s':>8} {'% of ideal':>11} {'vs baseline':>12} {'CPU us/req':>11}")
     for name, rate, cpu in rows:
