@@ -592,6 +592,14 @@ def run_command(
     ] = None,
     price_in: Annotated[float | None, typer.Option(help="USD per million input tokens.")] = None,
     price_out: Annotated[float | None, typer.Option(help="USD per million output tokens.")] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Train while the teacher answers: one epoch over the samples as they arrive "
+            "(for a remote teacher and a local GPU). Ctrl-C, then the same command, resumes both.",
+        ),
+    ] = False,
 ) -> None:
     """Do the whole job: sample, build examples, train, evaluate. Rerun to resume.
 
@@ -626,6 +634,7 @@ def run_command(
             "price_out": price_out,
             "judge": {"enabled": judge},
         },
+        "stream": True if stream else None,  # a config file's `stream: true` stands otherwise
     }
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")

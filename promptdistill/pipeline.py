@@ -9,6 +9,10 @@ Each stage is
 RUN/pipeline.json records, per stage, a fingerprint of the configuration that produced it and
 of everything upstream, and whether the stage finished. Configuration comes from, lowest first:
 the defaults, a preset (`--preset demo`), a run config file (`--config FILE`), then CLI flags.
+
+`--stream` (stream.py) runs sample and train at once: one epoch over the samples as they arrive.
+It is part of the train fingerprint: a streamed adapter is a different training from an
+epoch-based one, so switching between the two redoes training, with a warning.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class RunConfig(StrictModel):
     datums: DatumConfig = Field(default_factory=DatumConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    stream: bool = False  # train while sampling, one epoch as samples arrive (stream.py)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -161,7 +166,7 @@ def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
     sample_fp = _hash(
         "sample", s.persona, s.seed, s.sampling.model_dump(), s.teacher.base_url, s.teacher.model
     )
-    train_fp = _hash(
+    train_parts = [
         "train",
         sample_fp,
         s.n,
@@ -169,7 +174,10 @@ def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
         cfg.student.model_dump(),
         cfg.datums.model_dump(),
         cfg.train.model_dump(),
-    )
+    ]
+    if cfg.stream:  # only then, so the fingerprints of earlier runs stay as they were
+        train_parts.append("stream")
+    train_fp = _hash(*train_parts)
     eval_fp = _hash("eval", train_fp, cfg.eval.model_dump())
     return {"sample": sample_fp, "train": train_fp, "eval": eval_fp}
 
@@ -187,12 +195,13 @@ class Ledger:
         stages = orjson.loads(path.read_bytes()) if path.exists() else {}
         return cls(path, stages if isinstance(stages, dict) else {})
 
-    def mark(self, stage: str, fingerprint: str, scope: str, complete: bool) -> None:
+    def mark(self, stage: str, fingerprint: str, scope: str, complete: bool, **extra: Any) -> None:
         self.stages[stage] = {
             "fingerprint": fingerprint,
             "scope": scope,
             "complete": complete,
             "at": _now(),
+            **extra,
         }
         atomic_write_json(self.path, self.stages)
 
@@ -261,7 +270,7 @@ def plan_stage(
 def run_pipeline(cfg: RunConfig, run: RunDir, console: Console) -> PipelineResult:
     from promptdistill.evaluate import evaluate_and_write
     from promptdistill.personas import load_persona
-    from promptdistill.teacher.sample import sample_run
+    from promptdistill.teacher.sample import SampleSummary, sample_run
     from promptdistill.train import train
 
     def say(message: str) -> None:
@@ -272,47 +281,108 @@ def run_pipeline(cfg: RunConfig, run: RunDir, console: Console) -> PipelineResul
     ledger = Ledger.load(run)
     fps = stage_fingerprints(cfg)
     scopes = {"sample": f"n={cfg.sample.n},heldout={cfg.sample.include_heldout}"}
-    run.save_stage_config("run", {"persona": cfg.persona, "preset": cfg.preset})
+    extra: dict[str, dict[str, Any]] = {"train": {"stream": True} if cfg.stream else {}}
+    run.save_stage_config(
+        "run", {"persona": cfg.persona, "preset": cfg.preset, "stream": cfg.stream}
+    )
     result = PipelineResult(run)
 
-    for stage in STAGES:
+    def begin(stage: str) -> str | None:
+        """Plan `stage` (see plan_stage) and mark it started: 'start' | 'resume', or None when
+        it is up to date."""
         scope = scopes.get(stage, "")
         action, to_move = plan_stage(ledger, stage, fps[stage], scope, run)
         if action == "redo":
+            was_streamed = bool(ledger.stages.get(stage, {}).get("stream"))
+            why = ""
+            if stage == "train" and was_streamed != cfg.stream:
+                why = (
+                    " (it was trained with --stream, one epoch as samples arrived)"
+                    if was_streamed
+                    else " (now with --stream)"
+                )
             say(
                 f"[yellow]warning:[/] the {stage} configuration changed since "
-                f"{run.path} was made; redoing {', '.join(to_move)}"
+                f"{run.path} was made{why}; redoing {', '.join(to_move)}"
             )
             supersede(run, to_move, say)
             for s in to_move:
                 ledger.forget(s)
+            action = "start"
         if action == "skip":
             say(f"[green]✓[/] {stage}: up to date, skipped")
             result.skipped.append(stage)
-            continue
-        console.rule(f"{stage}" + (" (resuming)" if action == "resume" else ""))
-        ledger.mark(stage, fps[stage], scope, complete=False)
-        if stage == "sample":
-            summary = sample_run(cfg.sample, run, console=console, persona=persona)
-            if summary.interrupted:
-                raise KeyboardInterrupt
-            if not summary.complete:
-                raise UserError(
-                    f"{summary.failed} of {summary.requested} prompts failed (see {run.failures});"
-                    " rerun the same command to ask them again"
-                )
-            say(
-                f"samples: {summary.requested} answered "
-                f"({summary.answered_now} now, {summary.answered_before} before)"
+            return None
+        ledger.mark(stage, fps[stage], scope, complete=False, **extra.get(stage, {}))
+        return action
+
+    def done(stage: str) -> None:
+        scope = scopes.get(stage, "")
+        ledger.mark(stage, fps[stage], scope, complete=True, **extra.get(stage, {}))
+        result.ran.append(stage)
+
+    def report_samples(summary: SampleSummary) -> None:
+        if summary.interrupted:
+            raise KeyboardInterrupt
+        if not summary.complete:
+            raise UserError(
+                f"{summary.failed} of {summary.requested} prompts failed (see {run.failures});"
+                " rerun the same command to ask them again"
             )
+        say(
+            f"samples: {summary.requested} answered "
+            f"({summary.answered_now} now, {summary.answered_before} before)"
+        )
+
+    def streamed(sampling: bool) -> None:
+        """Sample (when `sampling`) and train at once, then record what finished."""
+        from promptdistill.stream import stream_train
+
+        if sampling and cfg.sample.teacher.base_url is None:
+            say(
+                "note: --stream is meant for a remote teacher; the local teacher and the "
+                "trainer share this machine"
+            )
+        outcome = stream_train(
+            cfg.sample, cfg.student, cfg.datums, cfg.train, run, console, persona, sampling
+        )
+        summary = outcome.sample
+        if summary is not None and summary.complete:
+            done("sample")
+        if outcome.train.interrupted:
+            raise KeyboardInterrupt
+        if summary is not None:
+            report_samples(summary)  # raises, leaving train to resume, if prompts failed
+        done("train")
+
+    for stage in STAGES:
+        if stage in result.ran:  # trained while sampling (--stream)
+            continue
+        action = begin(stage)
+        if action is None:
+            continue
+        resuming = " (resuming)" if action == "resume" else ""
+        if stage == "sample" and cfg.stream:
+            train_action = begin("train")
+            if train_action is not None:
+                if train_action == "resume":
+                    resuming = " (resuming)"
+                console.rule(f"sample + train, streaming{resuming}")
+                streamed(sampling=True)
+                continue
+        console.rule(f"{stage}{resuming}")
+        if stage == "sample":
+            report_samples(sample_run(cfg.sample, run, console=console, persona=persona))
         elif stage == "train":
+            if cfg.stream:  # the samples are complete: one epoch over them, the same way
+                streamed(sampling=False)
+                continue
             outcome = train(run, cfg.student, cfg.datums, cfg.train, console, fresh=False)
             if outcome.interrupted:
                 raise KeyboardInterrupt
         else:
             result.report = evaluate_and_write(run, cfg.eval, say, reuse=True)
-        ledger.mark(stage, fps[stage], scope, complete=True)
-        result.ran.append(stage)
+        done(stage)
 
     if result.report is None:
         from promptdistill.report import REPORT_JSON, load_report

@@ -18,6 +18,9 @@ Resume is exact: data order is a pure function of (seed, epoch), and a checkpoin
 adapter, AdamW state, step (the schedule is a pure function of it), RNG states and data position.
 Checkpoints hold no pickle: tensors in safetensors, the rest in JSON.
 
+Streaming (`promptdistill run --stream`): the same loop takes its batches from a
+`stream.SampleStream`, which trains one epoch over samples as the teacher writes them.
+
 Multi-GPU: under `torchrun`/`accelerate launch` (WORLD_SIZE > 1) a few torch.distributed lines
 split the batches across ranks and all-reduce the (small) LoRA gradients; see docs/training.md.
 """
@@ -38,7 +41,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -57,6 +60,9 @@ from promptdistill.store import (
     replace_dir,
 )
 
+if TYPE_CHECKING:
+    from promptdistill.stream import SampleStream
+
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 METRICS = "metrics.jsonl"
@@ -73,6 +79,17 @@ RESUME_KEYS = (
     "seed",
     "batching",
 )
+
+
+class BatchSource(Protocol):
+    """Where the loop gets micro-batches: `Prefetcher` over the epochs of a finished datums
+    file, or `stream.SampleStream` (None once the stream has ended or is stopping)."""
+
+    wait_s: float  # time the loop spent waiting for data
+
+    def next(self) -> Batch | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -211,13 +228,15 @@ def evaluate(
 # --------------------------------------------------------------------------- schedule
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine / linear decay to 0 or constant: a pure function of step."""
+def lr_at(step: int, total: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Linear warmup, then cosine / linear decay to 0 or constant: a pure function of step.
+    `progress` (0..1), when given, replaces the step-based decay position (streaming)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / (cfg.warmup + 1)
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    if progress is None:
+        progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
     progress = min(1.0, progress)
     if cfg.schedule == "linear":
         return cfg.lr * (1.0 - progress)
@@ -367,9 +386,11 @@ class Display:
             self._task = self._progress.add_task("train", total=total, completed=start, info="")
             self._progress.start()
 
-    def update(self, step: int, info: str) -> None:
+    def update(self, step: int, info: str, total: int | None = None) -> None:
+        if total is not None:  # a stream's estimate, refined as samples arrive
+            self.total = total
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info)
+            self._progress.update(self._task, completed=step, info=info, total=self.total)
         elif step % self.every == 0 or step == self.total:
             self.console.print(f"step {step}/{self.total} | {info}", soft_wrap=True)
 
@@ -455,6 +476,12 @@ def resolve_configs(
 def _check_resumable(
     state: dict[str, Any], cfg: TrainConfig, student: StudentConfig, datums_fp: str, path: Path
 ) -> None:
+    streamed = state["datums_fingerprint"].startswith("stream:")
+    if streamed != datums_fp.startswith("stream:"):
+        raise UserError(
+            f"{path} was trained {'with' if streamed else 'without'} `promptdistill run "
+            "--stream`: resume it the same way, or pass --fresh to start over"
+        )
     saved = state["config"]
     for key in RESUME_KEYS:
         if saved["train"].get(key) != getattr(cfg, key):
@@ -505,7 +532,9 @@ def train(
     cfg: TrainConfig,
     console: Any,
     fresh: bool = False,
+    streaming: SampleStream | None = None,
 ) -> TrainResult:
+    """Train the run's adapter. With `streaming`, one epoch over samples as they arrive."""
     from peft import LoraConfig, get_peft_model
 
     from promptdistill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model
@@ -532,19 +561,24 @@ def train(
         _fresh_start(run)
     model_dir = resolve_model(student.model)
     tokenizer = load_tokenizer(student.model)
-    if world > 1 and not main_rank:
-        torch.distributed.barrier()  # rank 0 builds the datums; the others then read them
-    data, rebuilt = prepare_datums(run, tokenizer, datum_cfg, student.model)
-    if world > 1 and main_rank:
-        torch.distributed.barrier()
-    st = data.stats
-    say(
-        f"datums: {st['train']['examples']} train / {st['val']['examples']} val examples, "
-        f"{st['train']['loss_tokens']} answer tokens to learn; {st['truncated']} truncated, "
-        f"{st['dropped']} dropped (> --max-len {datum_cfg.max_len}); system prompt removed: "
-        f"{st['system_tokens_removed_mean']:.0f} tokens/example" + ("" if rebuilt else " (cached)")
-    )
-    datums_fp = json.loads((run.file("datums") / "fingerprint.json").read_text())["fingerprint"]
+    if streaming is not None:  # samples as they arrive: the datums files are written at the end
+        datums_fp = streaming.open(tokenizer, say)
+        data = streaming.val_data(cfg.eval_examples)
+    else:
+        if world > 1 and not main_rank:
+            torch.distributed.barrier()  # rank 0 builds the datums; the others then read them
+        data, rebuilt = prepare_datums(run, tokenizer, datum_cfg, student.model)
+        if world > 1 and main_rank:
+            torch.distributed.barrier()
+        st = data.stats
+        say(
+            f"datums: {st['train']['examples']} train / {st['val']['examples']} val examples, "
+            f"{st['train']['loss_tokens']} answer tokens to learn; {st['truncated']} truncated, "
+            f"{st['dropped']} dropped (> --max-len {datum_cfg.max_len}); system prompt removed: "
+            f"{st['system_tokens_removed_mean']:.0f} tokens/example"
+            + ("" if rebuilt else " (cached)")
+        )
+        datums_fp = json.loads((run.file("datums") / "fingerprint.json").read_text())["fingerprint"]
     train_idx, val_idx = data.indices("train"), data.indices("val")[: cfg.eval_examples]
     mode: Mode = cfg.batching if cfg.batching != "auto" else "pad"  # type: ignore[assignment]
     pad_id = 0
@@ -552,6 +586,8 @@ def train(
     total = cfg.steps or max(
         1, math.ceil((cfg.epochs or 1.0) * per_epoch / (cfg.grad_accum * world))
     )
+    if streaming is not None:  # one epoch over what arrives: an estimate, refined as it does
+        total = streaming.estimated_steps(0)
 
     # ---- model: bf16 (or fp32) frozen base + fp32 LoRA
     dtype = resolve_dtype(student.dtype, device.type)
@@ -586,6 +622,7 @@ def train(
     )
 
     # ---- resume from the last checkpoint, if any
+    pos: Any  # (epoch, batch), or a stream's position in samples.jsonl
     start_step, pos, resumed_from = 0, (0, 0), None
     ckpts = checkpoint_dirs(run)
     if ckpts:
@@ -593,10 +630,15 @@ def train(
         state = json.loads((last / "state.json").read_text())
         _check_resumable(state, cfg, student, datums_fp, last)
         state = load_checkpoint(last, model, optimizer)
-        start_step, pos, resumed_from = state["step"], tuple(state["data_position"]), state["step"]
+        start_step, pos, resumed_from = state["step"], state["data_position"], state["step"]
+        if streaming is not None:
+            streaming.resume(pos)
+        else:
+            pos = tuple(pos)
         if main_rank:
             _trim_metrics(run.file(METRICS), start_step)
-        if start_step >= total and run.file(ADAPTER).joinpath("adapter_config.json").exists():
+        done = start_step >= total and run.file(ADAPTER).joinpath("adapter_config.json").exists()
+        if done and streaming is None:
             say(
                 f"{run.path} is already trained ({start_step}/{total} steps); nothing to do "
                 "(pass --steps to train longer, or --fresh to start over)"
@@ -618,25 +660,34 @@ def train(
         "device": str(device),
         "world_size": world,
         "trainable_params": n_trainable,
+        "stream": streaming is not None,
     }
     if main_rank:
         run.save_stage_config("train", config_record)
     say(
         f"training {student.model} ({str(dtype).removeprefix('torch.')}, {device}) with LoRA "
         f"r={cfg.lora_r} on {cfg.target_modules}: {n_trainable / 1e6:.2f}M trainable params, "
-        f"{total} steps of <= {cfg.batch_tokens} tokens x {cfg.grad_accum} "
-        f"({per_epoch} batches/epoch, {mode} batching)"
+        f"{'~' if streaming else ''}{total} steps of <= {cfg.batch_tokens} tokens x "
+        f"{cfg.grad_accum} ("
+        + (f"{per_epoch} batches/epoch" if streaming is None else "one epoch as samples arrive")
+        + f", {mode} batching)"
     )
 
     # ---- pipelining: prefetch thread, background checkpoint writer, SIGINT -> save and stop
     pin = device.type == "cuda"
-    stream = batch_stream(
-        data, train_idx, cfg.batch_tokens, cfg.seed, mode, pos[0], pos[1], pad_id, pin, rank, world
-    )
-    prefetch = Prefetcher(stream, depth=cfg.grad_accum + 1)
+    prefetch: BatchSource
+    if streaming is not None:
+        prefetch = streaming.start(cfg.batch_tokens, mode, pad_id, pin)
+        pos = streaming.position()  # where it starts (a checkpoint's, or the file's start)
+    else:
+        stream = batch_stream(
+            data, train_idx, cfg.batch_tokens, cfg.seed, mode, pos[0], pos[1], pad_id, pin, rank,
+            world,
+        )  # fmt: skip
+        prefetch = Prefetcher(stream, depth=cfg.grad_accum + 1)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
     pending_write: Future[Path] | None = None
-    stop = threading.Event()
+    stop = threading.Event() if streaming is None else streaming.stop  # also stops sampling
 
     def on_sigint(_signum: int, _frame: Any) -> None:
         stop.set()
@@ -648,7 +699,7 @@ def train(
     metrics = JsonlWriter(run.file(METRICS), fsync_every=64) if main_rank else None
     display = Display(console, total, start_step) if main_rank else None
 
-    def save(step: int, data_position: tuple[int, int]) -> None:
+    def save(step: int, data_position: Any) -> None:
         nonlocal pending_write
         if not main_rank:
             return
@@ -657,7 +708,9 @@ def train(
             optimizer,
             {
                 "step": step,
-                "data_position": list(data_position),
+                "data_position": list(data_position)
+                if isinstance(data_position, tuple)
+                else data_position,
                 "config": config_record,
                 "datums_fingerprint": datums_fp,
             },
@@ -705,8 +758,9 @@ def train(
                 + (f" | val {val_loss:.3f}" if val_loss is not None else "")
                 + f" | lr {p_lr:.2e} | {rate:,.0f} tok/s | eta {_fmt_time(eta)}"
                 + f" | data wait {100 * wait:.1f}%"
+                + (streaming.status(p_rec) if streaming is not None else "")
             )
-            display.update(p_step, info)
+            display.update(p_step, info, total if streaming is not None else None)
 
     last_eval = -1
 
@@ -730,16 +784,22 @@ def train(
 
     interrupted = False
     try:
-        while step < total:
+        while step < total or streaming is not None:  # a stream ends when its data does
             # ---- every eval_every steps (and before the first): validation loss
+            if streaming is not None and step % cfg.eval_every == 0:
+                data = streaming.val_data(cfg.eval_examples)  # the val examples so far
+                val_idx = data.indices("val")
             if len(val_idx) and step % cfg.eval_every == 0 and step != resumed_from:
                 flush_pending()
                 validate(step)
 
             # ---- one optimizer step over grad_accum micro-batches
             t0 = time.perf_counter()
-            micro = [prefetch.next() for _ in range(cfg.grad_accum)]
-            lr = lr_at(step, total, cfg)
+            micro = [b for b in (prefetch.next() for _ in range(cfg.grad_accum)) if b is not None]
+            if not micro:  # the stream has ended, or Ctrl-C while waiting for samples
+                interrupted = stop.is_set()
+                break
+            lr = lr_at(step, total, cfg, streaming.progress(micro) if streaming else None)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             weight_sum = sum(b.weight_sum for b in micro)  # known on the host: no sync
@@ -760,7 +820,11 @@ def train(
             n_tok = sum(b.n_tokens for b in micro)
             tokens_seen += n_tok
             step += 1
-            pos = (micro[-1].epoch, micro[-1].index + 1)
+            if streaming is not None:
+                pos = streaming.position(micro[-1])
+                total = streaming.estimated_steps(step)
+            else:
+                pos = (micro[-1].epoch, micro[-1].index + 1)
 
             # ---- report the previous step now that this one has been queued (one step late)
             flush_pending()
@@ -773,7 +837,11 @@ def train(
                 {
                     "type": "train",
                     "step": step,
-                    "epoch": round(pos[0] + pos[1] / per_epoch, 4),
+                    **(
+                        {"epoch": round(pos[0] + pos[1] / per_epoch, 4)}
+                        if streaming is None
+                        else streaming.step_record(micro)  # the samples this step trained on
+                    ),
                     "lr": lr,
                     "tokens": n_tok,
                     "loss_tokens": int(weight_sum),
@@ -793,7 +861,7 @@ def train(
                 gc.collect()
 
             # ---- every save_every steps: checkpoint in the background
-            if step % cfg.save_every == 0 and step < total:
+            if step % cfg.save_every == 0 and (step < total or streaming is not None):
                 save(step, pos)
 
             # ---- Ctrl-C: finish this step, save, stop
@@ -808,6 +876,9 @@ def train(
         flush_pending()
 
         # ---- the end: final validation, checkpoint, adapter, loss curve
+        if streaming is not None and not interrupted:  # write RUN/datums as `train` does, and
+            data = streaming.finish(say)  # validate on the val examples `train` would use
+            val_idx, last_eval, total = data.indices("val")[: cfg.eval_examples], -1, step
         if not interrupted and len(val_idx) and last_eval != step:
             validate(step)
         if step > start_step or interrupted:
@@ -830,9 +901,13 @@ def train(
     wait_frac = (prefetch.wait_s - wait_start) / max(loop_time, 1e-9)
     if interrupted:
         say(
-            f"interrupted at step {step}/{total}: checkpoint saved to "
-            f"{run.file(CHECKPOINTS)}/step-{step:06d}; resume with `promptdistill train "
-            f"{run.path}`"
+            f"{'interrupted' if streaming is None else 'stopped'} at step {step}/{total}: "
+            f"checkpoint saved to {run.file(CHECKPOINTS)}/step-{step:06d}; "
+            + (
+                f"resume with `promptdistill train {run.path}`"
+                if streaming is None
+                else "rerun the same `promptdistill run ... --stream` command to go on"
+            )
         )
         return TrainResult(
             step, total, last_loss, val_loss, None, True, resumed_from, rate, wait_frac

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -214,10 +215,14 @@ def sample_run(
     log: Callable[[str], None] | None = None,
     handle_sigint: bool = True,
     persona: LoadedPersona | None = None,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
 ) -> SampleSummary:
     """Answer every prompt of `config` into `run`. Resumable; see the module docstring.
 
     `persona` may pass in `config.persona` already loaded (the CLI loads it for its defaults).
+    From another thread (`run --stream`): setting `stop` stops sampling as Ctrl-C does, and
+    `ready` is set once this run's config.yaml entry is written.
 
     Raises UserError for bad input and for fatal endpoint errors (401/403/404, unreachable);
     answers received before a fatal error stay on disk.
@@ -247,6 +252,8 @@ def sample_run(
         min_concurrency=config.teacher.concurrency,
     )
     run.save_stage_config(STAGE, recorded_config(config))
+    if ready is not None:
+        ready.set()
     # failures of an earlier run are asked again now; the file lists this run's failures only
     atomic_write_bytes(run.failures, b"")
     if not todo:
@@ -271,7 +278,7 @@ def sample_run(
         asyncio.run(
             _sample_async(
                 config, run, todo, persona, base_url, model, api_key, summary, console, live,
-                log_every_s, handle_sigint,
+                log_every_s, handle_sigint, stop,
             )
         )  # fmt: skip
     summary.elapsed_s = time.monotonic() - started
@@ -291,6 +298,7 @@ async def _sample_async(
     live: bool | None,
     log_every_s: float,
     handle_sigint: bool,
+    stop_when: threading.Event | None = None,
 ) -> None:
     t = config.teacher
     s = config.sampling
@@ -360,6 +368,14 @@ async def _sample_async(
 
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGINT, on_sigint)
+        if stop_when is not None:  # set from another thread, so polled (asyncio.Event is not)
+
+            async def watch() -> None:
+                while not stop_when.is_set():
+                    await asyncio.sleep(0.1)
+                stop.set()
+
+            watcher = asyncio.create_task(watch())
         engine = Engine(
             Transport(base_url, api_key, t.concurrency, t.timeout_s),
             limits, body, on_sample, on_failure, policy, stats, s.max_tokens,
@@ -382,6 +398,8 @@ async def _sample_async(
                         "check the folder, then rerun the same command to go on"
                     ) from None
         finally:
+            if stop_when is not None:
+                watcher.cancel()
             if handle_sigint:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(signal.SIGINT)
