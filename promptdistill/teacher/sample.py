@@ -172,12 +172,11 @@ def _complete_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(previous)
 
 
-# transformers serve on this CPU prefills only ~120-260 prompt tokens/s (docs/benchmarks.md), so a
-# 900-token persona prompt costs seconds per request, and a request the server has queued is
-# still computed after the client gave up on it. With 64 in flight the last ones wait minutes,
-# time out, and their retries double the work until nothing finishes. So keep in flight about
-# what its KV cache holds, and wait as long as it takes.
-LOCAL_CONCURRENCY = 16
+# transformers serve on 2 CPU cores: a request the server has queued is still computed after the
+# client gave up on it, so with 64 in flight the last ones waited minutes, timed out, and their
+# retries doubled the work until nothing finished. Few in flight and a long timeout instead;
+# LOCAL_CONCURRENCY is the measured best on the dev machine (docs/benchmarks.md, local teacher).
+LOCAL_CONCURRENCY = 4
 LOCAL_TIMEOUT_S = 1800.0
 
 
@@ -278,7 +277,7 @@ def sample_run(
         asyncio.run(
             _sample_async(
                 config, run, todo, persona, base_url, model, api_key, summary, console, live,
-                log_every_s, handle_sigint, stop,
+                log_every_s, handle_sigint, stop, warm_up=base is None,
             )
         )  # fmt: skip
     summary.elapsed_s = time.monotonic() - started
@@ -299,6 +298,7 @@ async def _sample_async(
     log_every_s: float,
     handle_sigint: bool,
     stop_when: threading.Event | None = None,
+    warm_up: bool = False,
 ) -> None:
     t = config.teacher
     s = config.sampling
@@ -309,7 +309,8 @@ async def _sample_async(
     }
     system_prompt = persona.persona.system_prompt
     stats = EngineStats(total=len(todo))
-    limits = Limits(t.concurrency, t.rpm, t.tpm)
+    # the local teacher's prefix cache needs one finished prefill first (limits.AdaptiveConcurrency)
+    limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
     policy = RetryPolicy(max_retries=t.max_retries)
 
     def body(job: Job) -> dict[str, Any]:
