@@ -535,6 +535,21 @@ def train(
     streaming: SampleStream | None = None,
 ) -> TrainResult:
     """Train the run's adapter. With `streaming`, one epoch over samples as they arrive."""
+    from promptdistill.malloc import reuse_freed_memory
+
+    with reuse_freed_memory():  # no page faults for each step's activations (malloc.py)
+        return _train(run, student, datum_cfg, cfg, console, fresh, streaming)
+
+
+def _train(
+    run: RunDir,
+    student: StudentConfig,
+    datum_cfg: DatumConfig,
+    cfg: TrainConfig,
+    console: Any,
+    fresh: bool,
+    streaming: SampleStream | None,
+) -> TrainResult:
     from peft import LoraConfig, get_peft_model
 
     from promptdistill.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model
