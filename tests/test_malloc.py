@@ -1,4 +1,4 @@
-"""reuse_freed_memory: a training step's big buffers come back from the heap, not from the kernel."""
+"""reuse_freed_memory: a training step's big buffers come from the heap, not the kernel."""
 
 from __future__ import annotations
 

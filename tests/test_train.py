@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -289,3 +290,31 @@ def test_resume_refuses_a_changed_lora_setup(tmp_path: Path, tiny_model: Path) -
             resumed.model_copy(update={"lora_r": 4}),
             Console(file=io.StringIO()),
         )
+
+
+@pytest.mark.slow
+def test_two_processes_train_data_parallel_on_cpu(tmp_path: Path, tiny_model: Path) -> None:
+    """The README's multi-GPU command, on CPU: torchrun starts 2 ranks (gloo), one adapter."""
+    run = new_run(tmp_path, n=60)
+    with socket.socket() as s:  # a free port for the ranks to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port),
+        "-m", "promptdistill", "train", str(run.path),
+        "--student", str(tiny_model), "--steps", "4", "--batch-tokens", "256",
+    ]  # fmt: skip
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("done: 4 steps") == 1  # only rank 0 reports and writes
+    assert sorted(train_losses(run)) == [1, 2, 3, 4]
+    assert (run.file("adapter") / "adapter_model.safetensors").exists()
+    config = run.stage_config("train")
+    assert config is not None and config["world_size"] == 2
