@@ -213,3 +213,50 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class EpochBatches:
+    """The batch source `train` uses for a finished datums file: `batch_stream`'s batches, epoch
+    after epoch, prefetched. Its position is (epoch, next batch index), the LR follows the step
+    count, and the number of steps is fixed. `stream.SampleStream` is the other source."""
+
+    def __init__(
+        self,
+        source: Iterator[Batch],
+        per_epoch: int,
+        total_steps: int,
+        start: list[int],
+        depth: int,
+    ) -> None:
+        self._prefetch = Prefetcher(source, depth)
+        self.per_epoch = per_epoch
+        self.total_steps = total_steps
+        self._position = list(start)
+
+    @property
+    def wait_s(self) -> float:
+        return self._prefetch.wait_s
+
+    def next(self) -> Batch:
+        return self._prefetch.next()
+
+    def close(self) -> None:
+        self._prefetch.close()
+
+    def position(self, batch: Batch | None = None) -> list[int]:
+        if batch is not None:
+            self._position = [batch.epoch, batch.index + 1]
+        return self._position
+
+    def progress(self, micro: list[Batch]) -> float | None:
+        return None  # the schedule is a pure function of the step
+
+    def estimated_steps(self, step: int) -> int:
+        return self.total_steps
+
+    def step_record(self, micro: list[Batch]) -> dict[str, Any]:
+        epoch, index = self.position(micro[-1])
+        return {"epoch": round(epoch + index / self.per_epoch, 4)}
+
+    def status(self, record: dict[str, Any]) -> str:
+        return ""

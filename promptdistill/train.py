@@ -48,7 +48,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from pydantic import ValidationError
 
-from promptdistill.batching import Batch, Mode, Prefetcher, batch_stream, collate, epoch_batches
+from promptdistill.batching import (
+    Batch,
+    EpochBatches,
+    Mode,
+    batch_stream,
+    collate,
+    epoch_batches,
+)
 from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
 from promptdistill.datums import Datums, prepare_datums
 from promptdistill.errors import UserError
@@ -82,14 +89,31 @@ RESUME_KEYS = (
 
 
 class BatchSource(Protocol):
-    """Where the loop gets micro-batches: `Prefetcher` over the epochs of a finished datums
-    file, or `stream.SampleStream` (None once the stream has ended or is stopping)."""
+    """Where the loop gets micro-batches, and what it needs to know about them:
+    `batching.EpochBatches` over a finished datums file, or `stream.SampleStream` over samples
+    as they arrive (its `next` is None once the stream has ended or is stopping)."""
 
-    wait_s: float  # time the loop spent waiting for data
+    @property
+    def wait_s(self) -> float: ...  # time the loop spent waiting for data
 
     def next(self) -> Batch | None: ...
 
     def close(self) -> None: ...
+
+    def position(self, batch: Batch | None = None) -> Any:
+        """Where the data stood after `batch` (JSON): what a checkpoint saves."""
+
+    def progress(self, micro: list[Batch]) -> float | None:
+        """The LR decay position (0..1), or None to decay with the step count."""
+
+    def estimated_steps(self, step: int) -> int:
+        """The total number of steps, as far as it is known after `step`."""
+
+    def step_record(self, micro: list[Batch]) -> dict[str, Any]:
+        """This source's fields of the step's metrics.jsonl record."""
+
+    def status(self, record: dict[str, Any]) -> str:
+        """This source's part of the display line for a step record."""
 
 
 @dataclass
@@ -386,9 +410,8 @@ class Display:
             self._task = self._progress.add_task("train", total=total, completed=start, info="")
             self._progress.start()
 
-    def update(self, step: int, info: str, total: int | None = None) -> None:
-        if total is not None:  # a stream's estimate, refined as samples arrive
-            self.total = total
+    def update(self, step: int, info: str, total: int) -> None:
+        self.total = total  # fixed, or a stream's estimate refined as samples arrive
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info, total=self.total)
         elif step % self.every == 0 or step == self.total:
@@ -637,8 +660,8 @@ def _train(
     )
 
     # ---- resume from the last checkpoint, if any
-    pos: Any  # (epoch, batch), or a stream's position in samples.jsonl
-    start_step, pos, resumed_from = 0, (0, 0), None
+    pos: Any  # [epoch, batch], or a stream's position in samples.jsonl
+    start_step, pos, resumed_from = 0, [0, 0], None
     ckpts = checkpoint_dirs(run)
     if ckpts:
         last = ckpts[-1]
@@ -648,8 +671,6 @@ def _train(
         start_step, pos, resumed_from = state["step"], state["data_position"], state["step"]
         if streaming is not None:
             streaming.resume(pos)
-        else:
-            pos = tuple(pos)
         if main_rank:
             _trim_metrics(run.file(METRICS), start_step)
         done = start_step >= total and run.file(ADAPTER).joinpath("adapter_config.json").exists()
@@ -693,13 +714,13 @@ def _train(
     prefetch: BatchSource
     if streaming is not None:
         prefetch = streaming.start(cfg.batch_tokens, mode, pad_id, pin)
-        pos = streaming.position()  # where it starts (a checkpoint's, or the file's start)
     else:
         stream = batch_stream(
             data, train_idx, cfg.batch_tokens, cfg.seed, mode, pos[0], pos[1], pad_id, pin, rank,
             world,
         )  # fmt: skip
-        prefetch = Prefetcher(stream, depth=cfg.grad_accum + 1)
+        prefetch = EpochBatches(stream, per_epoch, total, pos, depth=cfg.grad_accum + 1)
+    pos = prefetch.position()  # where it starts (a checkpoint's, or the data's start)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
     pending_write: Future[Path] | None = None
     stop = threading.Event() if streaming is None else streaming.stop  # also stops sampling
@@ -723,9 +744,7 @@ def _train(
             optimizer,
             {
                 "step": step,
-                "data_position": list(data_position)
-                if isinstance(data_position, tuple)
-                else data_position,
+                "data_position": data_position,
                 "config": config_record,
                 "datums_fingerprint": datums_fp,
             },
@@ -773,9 +792,9 @@ def _train(
                 + (f" | val {val_loss:.3f}" if val_loss is not None else "")
                 + f" | lr {p_lr:.2e} | {rate:,.0f} tok/s | eta {_fmt_time(eta)}"
                 + f" | data wait {100 * wait:.1f}%"
-                + (streaming.status(p_rec) if streaming is not None else "")
+                + prefetch.status(p_rec)
             )
-            display.update(p_step, info, total if streaming is not None else None)
+            display.update(p_step, info, total)
 
     last_eval = -1
 
@@ -814,7 +833,7 @@ def _train(
             if not micro:  # the stream has ended, or Ctrl-C while waiting for samples
                 interrupted = stop.is_set()
                 break
-            lr = lr_at(step, total, cfg, streaming.progress(micro) if streaming else None)
+            lr = lr_at(step, total, cfg, prefetch.progress(micro))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             weight_sum = sum(b.weight_sum for b in micro)  # known on the host: no sync
@@ -835,11 +854,8 @@ def _train(
             n_tok = sum(b.n_tokens for b in micro)
             tokens_seen += n_tok
             step += 1
-            if streaming is not None:
-                pos = streaming.position(micro[-1])
-                total = streaming.estimated_steps(step)
-            else:
-                pos = (micro[-1].epoch, micro[-1].index + 1)
+            pos = prefetch.position(micro[-1])
+            total = prefetch.estimated_steps(step)
 
             # ---- report the previous step now that this one has been queued (one step late)
             flush_pending()
@@ -852,11 +868,7 @@ def _train(
                 {
                     "type": "train",
                     "step": step,
-                    **(
-                        {"epoch": round(pos[0] + pos[1] / per_epoch, 4)}
-                        if streaming is None
-                        else streaming.step_record(micro)  # the samples this step trained on
-                    ),
+                    **prefetch.step_record(micro),  # epoch; a stream's sample ids
                     "lr": lr,
                     "tokens": n_tok,
                     "loss_tokens": int(weight_sum),
