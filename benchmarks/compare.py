@@ -33,8 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from promptdistill.config import SamplingParams  # noqa: E402
-from promptdistill.generation import Answer, EndpointChat, LocalChat, answer_all  # noqa: E402
+from promptdistill.clients.endpoint import Transport  # noqa: E402
+from promptdistill.compare.chat import Answer, EndpointChat, LocalChat, answer_all  # noqa: E402
+from promptdistill.core.config import SamplingParams  # noqa: E402
 
 PROMPT = "Tell me, in a few paragraphs, how you would spend a quiet autumn morning in Vienna."
 SERVER = """
@@ -48,17 +49,10 @@ with start_fake_server(stream_delay={delay}, answer_words={words}, record=False)
 
 
 def load_student(model: str) -> LocalChat:
-    from promptdistill.datums import end_of_turn_ids
-    from promptdistill.models import load_causal_lm, load_tokenizer
-    from promptdistill.repl import render_fn
+    from promptdistill.models.chat import Renderer
+    from promptdistill.models.load import load_causal_lm, load_tokenizer
 
-    tokenizer = load_tokenizer(model)
-    chat = LocalChat(
-        load_causal_lm(model, "auto"),
-        tokenizer,
-        render_fn(tokenizer),
-        sorted(end_of_turn_ids(tokenizer)),
-    )
+    chat = LocalChat(load_causal_lm(model, "auto"), Renderer(load_tokenizer(model)))
     chat.warm_up()
     return chat
 
@@ -67,7 +61,7 @@ def baseline_generate(chat: LocalChat, sampling: SamplingParams) -> tuple[int, f
     """Plain HF sampling, exactly `max_tokens` new tokens. Returns (tokens, seconds)."""
     import torch
 
-    ids = chat.render([{"role": "user", "content": PROMPT}])
+    ids = chat.renderer.prompt([{"role": "user", "content": PROMPT}])
     input_ids_1T = torch.tensor([ids])
     start = time.perf_counter()
     with torch.inference_mode():
@@ -79,7 +73,7 @@ def baseline_generate(chat: LocalChat, sampling: SamplingParams) -> tuple[int, f
             top_p=sampling.top_p,
             max_new_tokens=sampling.max_tokens,
             min_new_tokens=sampling.max_tokens,
-            pad_token_id=chat.tokenizer.pad_token_id or chat.tokenizer.eos_token_id,
+            pad_token_id=chat.renderer.pad_id,
         )
     return int(out_1T.shape[1]) - len(ids), time.perf_counter() - start
 
@@ -136,7 +130,9 @@ def bench_side_by_side(
     try:
         assert server.stdout is not None
         base_url = server.stdout.readline().strip()
-        teacher = EndpointChat(base_url, "fake-teacher")
+        teacher = EndpointChat(
+            transport=Transport(base_url, None, concurrency=4, timeout_s=120), model="fake-teacher"
+        )
         msgs = [{"role": "user", "content": PROMPT}]
 
         async def one(side: EndpointChat | LocalChat) -> float:

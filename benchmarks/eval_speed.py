@@ -17,9 +17,11 @@ import time
 
 import torch
 
-from promptdistill.datums import conversation_to_datum, end_of_turn_ids
-from promptdistill.eval_lm import generate_batched, score_nll
-from promptdistill.models import load_causal_lm, load_tokenizer
+from promptdistill.datums.build import conversation_to_datum
+from promptdistill.evaluation.scoring import score_nll
+from promptdistill.models.chat import Renderer
+from promptdistill.models.generate import generate
+from promptdistill.models.load import load_causal_lm, load_tokenizer
 from promptdistill.personas import expand_prompts, load_persona
 
 
@@ -44,8 +46,8 @@ def main() -> None:
         "Donnerwetter! You ask about my Ninth, mein Freund? At the Kärntnertor the contralto "
         "had to turn me round to see the applause, for I heard nothing. "
     ) * 3
-    stop = sorted(end_of_turn_ids(tok))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    renderer = Renderer(tok)
+    pad = renderer.pad_id
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     print(f"{args.model} ({dtype}), {args.n} prompts, {torch.get_num_threads()} threads")
 
@@ -56,11 +58,11 @@ def main() -> None:
             {"role": "user", "content": p},
             {"role": "assistant", "content": answer[: 80 + 7 * i]},
         ]
-        d = conversation_to_datum(convo, tok)
+        d = conversation_to_datum(convo, renderer)
         examples.append((d.tokens, d.weights))
-    score_nll(model, examples[:2], pad)  # warm-up
+    score_nll(model, examples[:2])  # warm-up
     t = time.perf_counter()
-    ours = score_nll(model, examples, pad)
+    ours = score_nll(model, examples)
     t_ours = time.perf_counter() - t
     t = time.perf_counter()
     base_sums = []
@@ -78,22 +80,17 @@ def main() -> None:
     )
 
     # ---- 2. generation (greedy, a fixed number of new tokens so both sides do equal work)
-    rendered = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
-            return_dict=False,
-        )
-        for p in prompts
-    ]  # fmt: skip
+    rendered = [renderer.prompt([{"role": "user", "content": p}]) for p in prompts]
     never = [len(tok) + 10]  # an id no model emits: every answer is exactly --new tokens
-    generate_batched(model, tok, rendered[:2], 4, never, pad, False)  # warm-up
+    kw = {"stop_ids": never, "pad_id": pad}
+    generate(model, rendered[:2], max_new_tokens=4, **kw)  # warm-up
     t = time.perf_counter()
-    generate_batched(model, tok, rendered, args.new, never, pad, False, batch_size=args.batch_size)
+    generate(model, rendered, max_new_tokens=args.new, batch_size=args.batch_size, **kw)
     t_ours = time.perf_counter() - t
     k = max(4, args.n // 8)  # one at a time is slow: time a subset and scale
     t = time.perf_counter()
     for r in rendered[:k]:
-        generate_batched(model, tok, [r], args.new, never, pad, False, batch_size=1)
+        generate(model, [r], max_new_tokens=args.new, batch_size=1, **kw)
     t_base = (time.perf_counter() - t) * args.n / k
     tokens = args.n * args.new
     print(

@@ -34,8 +34,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from promptdistill.clients.local_server import running_local_teacher  # noqa: E402
 from promptdistill.personas import expand_prompts, load_persona  # noqa: E402
-from promptdistill.teacher.local import running_local_teacher  # noqa: E402
 
 SECTION = "## Local teacher (issue #4)"
 

@@ -4,7 +4,7 @@ Same student (SmolLM2-135M-Instruct), same data, same number of optimizer steps,
 batch (examples per step), same LoRA (r 16, alpha 32, all-linear), same AdamW (lr, beta2 0.95,
 linear schedule, warmup, grad-norm clip 1.0) and the same loss mask (-100 labels on prompt
 tokens for HF), through three trainers:
-- ours:    `promptdistill.train.train` (bf16 base + fp32 LoRA, bucketed token-budget batches,
+- ours:    `training.run.train_run` (bf16 base + fp32 LoRA, bucketed token-budget batches,
            loss only at answer positions, prefetch thread);
 - tuned:   HF Trainer as a user tuning for speed: padding collator, group_by_length sampler,
            bf16=True (CPU autocast);
@@ -114,22 +114,24 @@ def peak_rss_mb() -> float:
 
 def load_examples(run: Path, max_len: int) -> tuple[Any, Any, Any, Any]:
     """The datums every trainer uses (ours builds them; HF gets them as input_ids + labels)."""
-    from promptdistill.config import DatumConfig
-    from promptdistill.datums import prepare_datums
-    from promptdistill.models import load_tokenizer
-    from promptdistill.store import RunDir
+    from promptdistill.core.config import DatumConfig
+    from promptdistill.core.rundir import RunDir
+    from promptdistill.datums.store import prepare_datums
+    from promptdistill.models.chat import Renderer
+    from promptdistill.models.load import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
-    data, _ = prepare_datums(RunDir(run), tok, DatumConfig(max_len=max_len), "smollm2-135m")
+    cfg = DatumConfig(max_len=max_len)
+    data, _ = prepare_datums(RunDir(run), Renderer(tok), cfg, "smollm2-135m")
     return tok, data, data.indices("train"), data.indices("val")
 
 
 def val_loss(lm: Any, data: Any, val_idx: Any) -> float:
-    import torch
+    """Weighted NLL per answer token of the validation examples (eval's scorer)."""
+    from promptdistill.evaluation.scoring import score_nll
 
-    from promptdistill.train import evaluate
-
-    return evaluate(lm, data, val_idx, 4096, "pad", torch.device("cpu"), 0)
+    scored = score_nll(lm, [data.example(int(i)) for i in val_idx], batch_tokens=4096)
+    return sum(s.nll_sum for s in scored) / max(1, sum(s.tokens for s in scored))
 
 
 # --------------------------------------------------------------------------- trainers
@@ -138,9 +140,10 @@ def val_loss(lm: Any, data: Any, val_idx: Any) -> float:
 def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
 
-    from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
-    from promptdistill.store import RunDir, read_jsonl
-    from promptdistill.train import train
+    from promptdistill.core.config import DatumConfig, StudentConfig, TrainConfig
+    from promptdistill.core.io import read_jsonl
+    from promptdistill.core.rundir import RunDir
+    from promptdistill.training.run import train_run
 
     _, data, train_idx, val_idx = load_examples(a.run, a.max_len)
     mean_len = float(data.lengths()[train_idx].mean())
@@ -158,7 +161,7 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     )
     console = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
     t0 = time.perf_counter()
-    res = train(
+    res = train_run(
         RunDir(a.run), StudentConfig(), DatumConfig(max_len=a.max_len), cfg, console, fresh=True
     )
     wall = time.perf_counter() - t0
@@ -171,7 +174,7 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     # val loss of the trained adapter, by the same function as for the HF runs (fp32 base)
     from peft import PeftModel
 
-    from promptdistill.models import load_causal_lm
+    from promptdistill.models.load import load_causal_lm
 
     base = load_causal_lm("smollm2-135m", dtype="fp32")
     model = PeftModel.from_pretrained(base, str(a.run / "adapter"))
@@ -192,7 +195,7 @@ def run_hf(a: argparse.Namespace, tuned: bool) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from promptdistill.models import load_causal_lm
+    from promptdistill.models.load import load_causal_lm
 
     tok, data, train_idx, val_idx = load_examples(a.run, a.max_len)
     examples = []

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from promptdistill.cli import run
+from promptdistill.cli.app import run
 
 run()

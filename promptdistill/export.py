@@ -14,40 +14,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from promptdistill.errors import UserError
-from promptdistill.store import RunDir
-
-
-def adapter_base(run: RunDir) -> str:
-    """The student the adapter was trained on: RUN/config.yaml's train stage, else the adapter's
-    own base_model_name_or_path."""
-    train = run.stage_config("train") or {}
-    student = train.get("student")
-    if isinstance(student, dict) and student.get("model"):
-        return str(student["model"])
-    cfg = run.file("adapter") / "adapter_config.json"
-    base = orjson.loads(cfg.read_bytes()).get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{cfg} names no base model and {run.config_path} has no train stage")
-    return str(base)
+from promptdistill.core.errors import UserError
+from promptdistill.core.rundir import RunDir
 
 
 def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print) -> Path:
     """Write base + adapter, merged with `merge_and_unload`, to `out` (atomically)."""
 
-    from promptdistill.models import load_student, load_tokenizer
+    from promptdistill.models.load import load_student, load_tokenizer
 
     run.require()
-    adapter = run.file("adapter")
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(
-            f"{adapter} has no trained adapter; run `promptdistill train {run.path}` first"
-        )
+    adapter = run.require_adapter()
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --merged directory")
-    base_name = adapter_base(run)
+    base_name = run.trained_student().model
     log(f"merging {adapter} into {base_name} ...")
     merged = load_student(base_name, adapter, dtype=dtype).merge_and_unload()
     tokenizer = load_tokenizer(base_name)

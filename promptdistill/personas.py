@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from promptdistill.config import Persona, PromptSet, SlotValue, Template
-from promptdistill.errors import UserError
-from promptdistill.yamlio import field_line, load_model
+from promptdistill.core.config import Persona, PromptSet, SlotValue, Template
+from promptdistill.core.errors import UserError
+from promptdistill.core.yamlio import field_line, load_model
 
 PLACEHOLDER = re.compile(
     r"\{\{|\}\}|\{(?P<slot>[a-z_][a-z0-9_]*)(?:\.(?P<field>[a-z_][a-z0-9_]*))?\}|(?P<bad>[{}])"

@@ -18,16 +18,12 @@ from tiny import (
     write_samples,
 )
 
-from promptdistill.config import DatumConfig
-from promptdistill.datums import (
-    build_datums,
-    conversation_to_datum,
-    load_datums,
-    prepare_datums,
-    split_of,
-)
-from promptdistill.errors import UserError
-from promptdistill.store import RunDir
+from promptdistill.core.config import DatumConfig
+from promptdistill.core.errors import UserError
+from promptdistill.core.rundir import RunDir
+from promptdistill.datums.build import build_datums, conversation_to_datum, split_of
+from promptdistill.datums.store import load_datums, prepare_datums
+from promptdistill.models.chat import Renderer
 
 ANSWER = "Ah, you ask me that as if the answer were simple!"
 CONVO = [
@@ -56,7 +52,7 @@ def weighted_text(tok: Any, tokens: list[int], weights: list[float]) -> str:
 
 
 def test_mask_on_smollm2_template_keeps_default_system_prompt(smol_tok: Any) -> None:
-    d = conversation_to_datum(CONVO, smol_tok, record_id="r1")
+    d = conversation_to_datum(CONVO, Renderer(smol_tok), record_id="r1")
     text = smol_tok.decode(d.tokens)
     # the teacher's persona prompt is gone; SmolLM2's template injects its default instead
     assert "Beethoven" not in text
@@ -73,7 +69,7 @@ def test_mask_on_smollm2_template_keeps_default_system_prompt(smol_tok: Any) -> 
 
 
 def test_mask_on_tiny_chatml_template(tiny_tok: Any) -> None:
-    d = conversation_to_datum(CONVO, tiny_tok)
+    d = conversation_to_datum(CONVO, Renderer(tiny_tok))
     text = tiny_tok.decode(d.tokens)
     assert "beethoven" not in text.lower() and "system" not in text  # no default system prompt
     assert weighted_text(tiny_tok, d.tokens, d.weights).split() == [
@@ -91,7 +87,7 @@ def test_all_assistant_turns_weighted(smol_tok: Any) -> None:
         {"role": "user", "content": "And Mozart?"},
         {"role": "assistant", "content": "A miracle."},
     ]
-    d = conversation_to_datum(convo, smol_tok)
+    d = conversation_to_datum(convo, Renderer(smol_tok))
     assert weighted_text(smol_tok, d.tokens, d.weights) == (
         "Good day.<|im_end|>A miracle.<|im_end|>"
     )
@@ -99,7 +95,7 @@ def test_all_assistant_turns_weighted(smol_tok: Any) -> None:
 
 
 def test_truncated_teacher_answer_does_not_teach_stopping(smol_tok: Any) -> None:
-    d = conversation_to_datum(CONVO, smol_tok, teacher_truncated=True)
+    d = conversation_to_datum(CONVO, Renderer(smol_tok), teacher_truncated=True)
     assert weighted_text(smol_tok, d.tokens, d.weights) == ANSWER
 
 
@@ -112,23 +108,23 @@ def test_prefix_unstable_template_is_refused(tmp_path: Path) -> None:
     )
     tok = AutoTokenizer.from_pretrained(make_tiny_tokenizer(tmp_path / "tok", unstable))
     with pytest.raises(UserError, match="my-student is not prefix-stable"):
-        conversation_to_datum(CONVO, tok, record_id="x", model_name="my-student")
+        conversation_to_datum(CONVO, Renderer(tok), record_id="x", model_name="my-student")
 
 
 def test_overlong_truncate_and_drop(tiny_tok: Any) -> None:
     rng = random.Random(0)
     records = [sample_record(i, rng, words=(1, 1)) for i in range(20)]
     records += [sample_record(100 + i, rng, words=(8, 8)) for i in range(5)]
-    full, _ = build_datums(records, tiny_tok, DatumConfig(max_len=4096), "tiny")
+    full, _ = build_datums(records, Renderer(tiny_tok), DatumConfig(max_len=4096), "tiny")
     limit = max(len(d.tokens) for d in full[:20]) + 1  # every short one fits, no long one does
-    datums, stats = build_datums(records, tiny_tok, DatumConfig(max_len=limit), "tiny")
+    datums, stats = build_datums(records, Renderer(tiny_tok), DatumConfig(max_len=limit), "tiny")
     assert stats["truncated"] == 5 and stats["dropped"] == 0 and len(datums) == 25
     cut = [d for d in datums if d.truncated]
     assert len(cut) == 5 and all(len(d.tokens) == limit for d in cut)
     assert all(d.tokens == f.tokens[:limit] for d, f in zip(datums, full, strict=True))
 
     datums, stats = build_datums(
-        records, tiny_tok, DatumConfig(max_len=limit, overlong="drop"), "tiny"
+        records, Renderer(tiny_tok), DatumConfig(max_len=limit, overlong="drop"), "tiny"
     )
     assert stats["dropped"] == 5 and stats["truncated"] == 0 and len(datums) == 20
 
@@ -141,11 +137,11 @@ def test_split_is_deterministic_and_stable_as_samples_grow(tmp_path: Path, tiny_
 
     run = RunDir(tmp_path / "run").create()
     write_samples(run.samples, 120, heldout=4)
-    first, rebuilt = prepare_datums(run, tiny_tok, DatumConfig(), "tiny")
+    first, rebuilt = prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     assert rebuilt
     before = dict(zip(first.ids, first.split.tolist(), strict=True))
     write_samples(run.samples, 80, start=120)  # the sampler appended more answers
-    second, rebuilt = prepare_datums(run, tiny_tok, DatumConfig(), "tiny")
+    second, rebuilt = prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     assert rebuilt and len(second) == 200
     after = dict(zip(second.ids, second.split.tolist(), strict=True))
     assert all(after[i] == s for i, s in before.items())
@@ -155,7 +151,7 @@ def test_split_is_deterministic_and_stable_as_samples_grow(tmp_path: Path, tiny_
 def test_saved_with_stats_and_rebuilt_only_on_change(tmp_path: Path, tiny_tok: Any) -> None:
     run = RunDir(tmp_path / "run").create()
     write_samples(run.samples, 60, heldout=3)
-    data, rebuilt = prepare_datums(run, tiny_tok, DatumConfig(), "tiny")
+    data, rebuilt = prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     out = run.file("datums")
     assert {p.name for p in out.iterdir()} == {
         "datums.safetensors",
@@ -172,17 +168,17 @@ def test_saved_with_stats_and_rebuilt_only_on_change(tmp_path: Path, tiny_tok: A
     assert again.ids == data.ids and np.array_equal(again.tokens, data.tokens)
 
     mtime = (out / "datums.safetensors").stat().st_mtime_ns
-    _, rebuilt = prepare_datums(run, tiny_tok, DatumConfig(), "tiny")
+    _, rebuilt = prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     assert not rebuilt and (out / "datums.safetensors").stat().st_mtime_ns == mtime
-    _, rebuilt = prepare_datums(run, tiny_tok, DatumConfig(val_fraction=0.2), "tiny")
+    _, rebuilt = prepare_datums(run, Renderer(tiny_tok), DatumConfig(val_fraction=0.2), "tiny")
     assert rebuilt
 
 
 def test_missing_or_empty_samples_are_user_errors(tmp_path: Path, tiny_tok: Any) -> None:
     run = RunDir(tmp_path / "run").create()
     with pytest.raises(UserError, match="samples.jsonl does not exist"):
-        prepare_datums(run, tiny_tok, DatumConfig(), "tiny")
+        prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     write_samples(run.samples, 0, heldout=5)
     with pytest.raises(UserError, match="no usable training samples"):
-        prepare_datums(run, tiny_tok, DatumConfig(), "tiny")
+        prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     shutil.rmtree(run.path)

@@ -12,11 +12,11 @@ import torch
 from rich.console import Console
 from tiny import make_tiny_model, write_samples
 
-from promptdistill.config import DatumConfig, StudentConfig, TrainConfig
-from promptdistill.errors import UserError
+from promptdistill.core.config import DatumConfig, StudentConfig, TrainConfig
+from promptdistill.core.errors import UserError
+from promptdistill.core.rundir import RunDir
 from promptdistill.export import export_merged
-from promptdistill.store import RunDir
-from promptdistill.train import train
+from promptdistill.training.run import train_run as train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_merged_export_matches_base_plus_adapter(tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from promptdistill.models import load_causal_lm
+    from promptdistill.models.load import load_causal_lm
 
     model_dir = make_tiny_model(tmp_path / "model")
     run = RunDir(tmp_path / "run").create()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptdistill.errors import UserError
+from promptdistill.core.errors import UserError
 from promptdistill.personas import (
     count_distinct,
     expand_prompts,

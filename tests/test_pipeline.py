@@ -14,7 +14,8 @@ from fake_openai import start_fake_server
 from fixtures_openai import cli_env, write_persona
 from tiny import make_tiny_model
 
-from promptdistill.pipeline import PRESETS, resolve_config, stage_fingerprints
+from promptdistill.pipeline.config import PRESETS, resolve_config
+from promptdistill.pipeline.ledger import stage_fingerprints
 
 pytestmark = pytest.mark.slow
 

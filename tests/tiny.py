@@ -136,7 +136,7 @@ def make_tiny_smollm_model(out_dir: Path, seed: int = 0) -> Path:
     files and chat template (the one that injects a default system prompt)."""
     from transformers import AutoTokenizer
 
-    from promptdistill.models import resolve_model
+    from promptdistill.models.resolve import resolve_model
 
     src = resolve_model("smollm2-135m")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""The `promptdistill` command line: thin typer commands over the library."""

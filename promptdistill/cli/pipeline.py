@@ -1,0 +1,138 @@
+"""`promptdistill run` (every stage, resumable) and `promptdistill runs` (every run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from promptdistill.cli.common import stdout
+from promptdistill.core.errors import UserError
+
+
+def run_command(
+    persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
+    run_dir: Annotated[
+        str | None, typer.Option("--run", help="Run directory (default: runs/PERSONA[-PRESET]).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="A preset configuration: 'demo' (minutes on a laptop CPU).")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Run config YAML: sample/train/eval sections.")
+    ] = None,
+    n: Annotated[int | None, typer.Option("-n", "--n", min=1, help="Prompts to sample.")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="Teacher endpoint; leave out for the local teacher.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Teacher model name.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    api_key_file: Annotated[str | None, typer.Option(help="File holding the API key.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Teacher answer cap.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Teacher temperature.")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="Student model (default smollm2-135m).")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (instead of epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    max_heldout: Annotated[int | None, typer.Option(help="Held-out prompts to evaluate.")] = None,
+    judge: Annotated[
+        bool | None, typer.Option("--judge/--no-judge", help="Score answers with an LLM judge.")
+    ] = None,
+    price_in: Annotated[float | None, typer.Option(help="USD per million input tokens.")] = None,
+    price_out: Annotated[float | None, typer.Option(help="USD per million output tokens.")] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Train while the teacher answers: one epoch over the samples as they arrive "
+            "(for a remote teacher and a local GPU). Ctrl-C, then the same command, resumes both.",
+        ),
+    ] = False,
+) -> None:
+    """Do the whole job: sample, build examples, train, evaluate. Rerun to resume.
+
+    Stages whose outputs are complete and match the configuration are skipped; a stage whose
+    configuration changed is redone (its old outputs are moved to RUN/superseded/).
+    """
+    from promptdistill.core.rundir import RunDir
+    from promptdistill.evaluation.report import print_summary
+    from promptdistill.personas import load_persona
+    from promptdistill.pipeline.config import resolve_config
+    from promptdistill.pipeline.run import run_pipeline
+
+    loaded = load_persona(persona)
+    flags: dict[str, Any] = {
+        "sample": {
+            "n": n,
+            "sampling": {"max_tokens": max_tokens, "temperature": temperature},
+            "teacher": {
+                "base_url": base_url,
+                "model": model,
+                "api_key_env": api_key_env,
+                "api_key_file": api_key_file,
+                "concurrency": concurrency,
+                "rpm": rpm,
+                "tpm": tpm,
+            },
+        },
+        "student": {"model": student, "dtype": dtype},
+        "train": {"epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r},
+        "eval": {
+            "max_heldout": max_heldout,
+            "price_in": price_in,
+            "price_out": price_out,
+            "judge": {"enabled": judge},
+        },
+        "stream": True if stream else None,  # a config file's `stream: true` stands otherwise
+    }
+    if base_url is not None and model is None:
+        raise UserError("--model is required with --base-url (the teacher model's name)")
+    cfg = resolve_config(
+        persona, preset, config_file, flags, loaded.persona.sampling.model_dump(exclude_none=True)
+    )
+    name = loaded.name + (f"-{cfg.preset}" if cfg.preset else "")
+    run = RunDir(run_dir or Path("runs") / name)
+    console = stdout()
+    console.print(f"run [bold]{run.path}[/]: persona {loaded.name}, preset {cfg.preset or 'none'}")
+    result = run_pipeline(cfg, run, console)
+    if result.report is not None:
+        print_summary(console, result.report)
+    console.print(
+        f"\nreport: {run.report_md}\ntalk to both models: [bold]promptdistill compare {run.path}[/]"
+    )
+
+
+def runs(
+    root: Annotated[Path, typer.Argument(help="Folder holding run directories.")] = Path("runs"),
+) -> None:
+    """List the runs with their stage status and headline metrics."""
+    from promptdistill.pipeline.runs import list_runs
+
+    def num(value: Any) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    table = Table("run", "persona", "sample", "train", "eval", "prompt effect", "classifier")
+    for status in list_runs(root):
+        h = status.headline
+        table.add_row(
+            str(status.path),
+            status.persona,
+            status.sample,
+            status.train,
+            status.eval,
+            num(h.get("prompt_effect_recovered")),
+            num(h.get("persona_classifier_student")),
+        )
+    if not table.row_count:
+        stdout().print(f"no runs in {root}; start one with `promptdistill run PERSONA`")
+        return
+    stdout().print(table)

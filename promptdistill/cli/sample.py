@@ -1,0 +1,111 @@
+"""`promptdistill sample`: the teacher answers the persona's prompts -> RUN/samples.jsonl."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from promptdistill.cli.common import stdout
+from promptdistill.core.errors import UserError
+
+
+def sample(
+    persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
+    run_dir: Annotated[str, typer.Option("--run", help="Run directory (created if missing).")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Training prompts to answer.")],
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (a bare host gets "
+            "/v1 added). Leave out to start the embedded local teacher."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Teacher model name (required with --base-url).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at most.")] = 64,
+    rpm: Annotated[
+        float | None, typer.Option(min=0.001, help="Requests per minute, spread evenly.")
+    ] = None,
+    tpm: Annotated[
+        float | None, typer.Option(min=1, help="Tokens per minute (prompt + answer).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds per request.")] = 120.0,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Answer length cap (default: the persona's).")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, max=2.0, help="Default: the persona's.")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Default: the persona's.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Sampling seed sent to the teacher (default: the persona's).")
+    ] = None,
+    prompt_seed: Annotated[int, typer.Option(help="Seed of the prompt expansion.")] = 0,
+    api_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the API key.")
+    ] = "OPENAI_API_KEY",
+    api_key_file: Annotated[
+        str | None, typer.Option(help="File holding the API key (instead of the environment).")
+    ] = None,
+    heldout: Annotated[
+        bool, typer.Option(help="Also answer the persona's held-out prompts (eval needs them).")
+    ] = True,
+    max_retries: Annotated[int, typer.Option(min=0, help="Retries per prompt.")] = 8,
+    log_every: Annotated[
+        float, typer.Option(help="Seconds between progress lines when stdout is not a terminal.")
+    ] = 5.0,
+) -> None:
+    """Ask the teacher to answer N prompts of PERSONA; store them in RUN/samples.jsonl.
+
+    Rerun the same command to resume: answered prompts are skipped, failed ones asked again.
+    """
+    import shlex
+
+    from promptdistill.core.config import SampleConfig
+    from promptdistill.core.merge import merge, validate
+    from promptdistill.core.rundir import RunDir
+    from promptdistill.personas import load_persona
+    from promptdistill.sampling.sample import sample_run
+    from promptdistill.sampling.summary import summary_table
+
+    if base_url is not None and model is None:
+        raise UserError("--model is required with --base-url (the teacher model's name)")
+    loaded = load_persona(persona)
+    flags = {
+        "persona": persona,
+        "n": n,
+        "seed": prompt_seed,
+        "include_heldout": heldout,
+        "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+                     "seed": seed},
+        "teacher": {
+            "base_url": base_url, "model": model, "api_key_env": api_key_env,
+            "api_key_file": api_key_file, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
+            "timeout_s": timeout, "max_retries": max_retries,
+        },
+    }  # fmt: skip
+    config = validate(
+        SampleConfig, merge({"sampling": loaded.persona.sampling.model_dump()}, flags)
+    )
+    console = stdout()
+    summary = sample_run(
+        config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded
+    )
+    console.print(summary_table(summary))
+    if summary.complete:
+        console.print(f"all {summary.requested} prompts answered: {RunDir(run_dir).samples}")
+        return
+    again = shlex.join(["promptdistill", *sys.argv[1:]])
+    if summary.interrupted:
+        console.print(f"interrupted; everything answered is saved. Resume with: {again}")
+        raise typer.Exit(130)
+    console.print(
+        f"{summary.failed} prompts failed (see {RunDir(run_dir).failures}); "
+        f"rerun the same command to ask them again: {again}"
+    )
+    raise typer.Exit(1)

@@ -1,0 +1,101 @@
+"""`promptdistill train` and `promptdistill export`: the adapter, and a merged model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from promptdistill.cli.common import stdout
+
+
+def train(
+    run: Annotated[str, typer.Argument(help="Run directory (holds samples.jsonl).")],
+    student: Annotated[
+        str | None, typer.Option(help="Student: name, local dir or hub id (default smollm2-135m).")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Passes over the train split (default 2).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps, instead of --epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 5e-4).")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank (default 16).")] = None,
+    lora_alpha: Annotated[
+        float | None, typer.Option(help="LoRA alpha; the scale is alpha/r (default 32).")
+    ] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout (default 0).")] = None,
+    target_modules: Annotated[
+        str | None, typer.Option(help="all-linear (default) or a comma list, e.g. q_proj,v_proj.")
+    ] = None,
+    batch_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per micro-batch, padding included (default 4096).")
+    ] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option(help="Micro-batches per optimizer step (default 1).")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warmup steps (default 10).")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Learning-rate schedule: cosine (default), linear, constant.")
+    ] = None,
+    save_every: Annotated[
+        int | None, typer.Option(help="Checkpoint every N steps (default 50).")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Validation loss every N steps (default 25).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of LoRA init and data order (default 0).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Base weights: auto (bf16 where supported), bf16, fp32.")
+    ] = None,
+    max_len: Annotated[
+        int | None, typer.Option(help="Longest example in tokens (default 1024).")
+    ] = None,
+    overlong: Annotated[
+        str | None, typer.Option(help="Longer examples: truncate (default, from the right), drop.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Share of samples kept for validation (default 0.1).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Discard checkpoints and adapter; start over.")
+    ] = False,
+) -> None:
+    """Train a LoRA adapter on the run's teacher answers, without the system prompt.
+
+    Resumes from the last checkpoint in RUN/checkpoints/ if there is one (with the flags the run
+    started with; flags you pass override them). Ctrl-C saves a checkpoint and stops.
+    """
+    from promptdistill.core.rundir import RunDir
+    from promptdistill.training.run import resolve_configs, train_run
+
+    run_dir = RunDir(run).require()
+    flags = {
+        "student": {"model": student, "dtype": dtype},
+        "datums": {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction},
+        "train": {
+            "epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r,
+            "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+            "target_modules": target_modules, "batch_tokens": batch_tokens,
+            "grad_accum": grad_accum, "warmup": warmup, "schedule": schedule,
+            "save_every": save_every, "eval_every": eval_every, "seed": seed,
+        },
+    }  # fmt: skip
+    student_cfg, datum_cfg, train_cfg = resolve_configs(run_dir, flags, fresh=fresh)
+    result = train_run(run_dir, student_cfg, datum_cfg, train_cfg, stdout(), fresh=fresh)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def export(
+    run: Annotated[str, typer.Argument(help="Run directory with a trained adapter.")],
+    merged: Annotated[str, typer.Option(help="Output directory for the merged standalone model.")],
+) -> None:
+    """Merge the run's LoRA adapter into its base model and save a standalone model."""
+    from promptdistill.core.rundir import RunDir
+    from promptdistill.export import export_merged
+
+    console = stdout()
+    export_merged(RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True))

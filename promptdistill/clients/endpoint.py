@@ -1,0 +1,393 @@
+"""The one OpenAI-compatible client: chat completions, plain or streamed, with typed errors.
+
+Sampling (sampling/engine.py), the LLM judge, eval's latency probe and the REPL's teacher panel
+all talk to endpoints through `Transport`: one aiohttp session, orjson bodies, no retries of its
+own (the callers decide).
+
+Why raw aiohttp and not the openai SDK: on the dev machine (512 in flight, 0.5 s latency, ideal
+1024 req/s) the SDK's default client reached 384 req/s and the SDK on its aiohttp transport 670,
+while aiohttp + orjson raw reached 942 (docs/DEVELOPERS.md). We also want our own retries only,
+so nothing is retried twice (the SDK retries 2 times by default).
+
+Every failure is turned into one of three exceptions, so the engine decides by type, not by
+inspecting status codes:
+- `RetryableError`: 429, 408, 409, 5xx, timeouts, dropped connections, truncated or malformed
+  bodies, and (bounded, `kind="content"`) empty or content-filtered answers;
+- `PromptError`: this prompt cannot be answered (400, 413, 422, other 4xx); record and go on;
+- `FatalError`: no prompt can be answered (401, 403, 404, 405, 429 `insufficient_quota`); stop
+  the run at once.
+
+Base URL: like the OpenAI SDK's `base_url`, it is the prefix *before* `/chat/completions`, so
+`https://api.openai.com/v1` and `http://localhost:8000/v1` are what users pass. A bare host
+(`http://localhost:8000` or `.../`) gets `/v1` added, and a pasted `.../chat/completions` suffix
+is dropped. See `normalize_base_url`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from promptdistill.core.errors import UserError
+from promptdistill.core.redact import redact, redact_url
+
+MAX_RETRY_AFTER_S = 120.0
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class TransportError(Exception):
+    """Base of the request errors. Messages never contain the API key (see `Transport._error`).
+    An HTTP error keeps the `status` and the server's own `detail`, so a caller can word it
+    for its own display (the REPL's panel) while sampling shows the message as it is."""
+
+    status: int | None = None
+    detail: str = ""
+
+
+class RetryableError(TransportError):
+    """Worth asking again. `retry_after` (seconds) comes from the server's headers, if any.
+
+    kind: "rate_limit" (429), "server" (408, 409, 5xx), "timeout", "dropped" (connection lost
+    mid-request), "unreachable" (could not connect), "body" (truncated or malformed), "content"
+    (empty answer or content filter: retried only a few times).
+    """
+
+    def __init__(
+        self, message: str, kind: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PromptError(TransportError):
+    """The endpoint refuses this one prompt (e.g. 400: too long); other prompts may work."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str = "refused") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class FatalError(TransportError):
+    """No prompt can succeed (bad key, unknown model or URL). The message says what to do."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(slots=True, kw_only=True)
+class ChatResult:
+    content: str
+    finish_reason: str | None
+    usage: dict[str, Any]
+    latency_s: float
+    model: str | None
+
+
+def normalize_base_url(url: str) -> str:
+    """`http://h:8000` -> `http://h:8000/v1`; `.../v1/` -> `.../v1`; drop `/chat/completions`."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(
+            f"--base-url {redact_url(url)!r} is not an http(s) URL; "
+            "pass the endpoint's base URL, e.g. http://localhost:8000/v1"
+        )
+    path = parts.path.rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    if path == "":
+        path = "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait, from `retry-after-ms` (OpenAI) or `retry-after` (seconds or HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return min(max(float(value) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_S)
+
+
+def _error_message(body: bytes) -> str:
+    """The server's own error text, short, from an OpenAI-style `{"error": {"message": ...}}`."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace")
+    else:
+        err = data.get("error", data) if isinstance(data, dict) else data
+        if isinstance(err, dict):
+            text = str(err.get("message") or err.get("detail") or err)
+        else:
+            text = str(err)
+    text = " ".join(text.split())
+    return text[:300]
+
+
+# --------------------------------------------------------------------------- transport
+
+
+@dataclass(slots=True, kw_only=True)
+class StreamDelta:
+    """One server-sent event of a streamed answer: new text, and at the end why it stopped
+    and (most servers) the usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class Transport:
+    """POST chat completions, plain (`chat`) or streamed (`stream`). The session opens on first
+    use; `async with Transport(...)` (or `await close()`) closes it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        concurrency: int,
+        timeout_s: float,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self.public_url = redact_url(self.base_url)  # safe for messages, logs and files
+        self.url = self.base_url + "/chat/completions"
+        self._api_key = api_key
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._concurrency = concurrency
+        self.timeout_s = timeout_s
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, connect=min(connect_timeout_s, timeout_s)
+        )
+        # a stream may take long in total; what must not take long is the gap between events
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(connect_timeout_s, timeout_s), sock_read=timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Transport:
+        self._client()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # connector limit = concurrency: every worker has its own keep-alive connection and
+            # nothing queues inside aiohttp (a queued request would burn its timeout waiting)
+            connector = aiohttp.TCPConnector(
+                limit=self._concurrency, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
+            )
+            # no cookie jar: chat APIs are stateless, and parsing cookies costs time per request
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers=self._headers,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    def _error(self, text: str) -> str:
+        return redact(text, [self._api_key])
+
+    async def chat(self, body: dict[str, Any]) -> ChatResult:
+        """One request, no retries. Raises RetryableError, PromptError or FatalError."""
+        start = time.perf_counter()
+        try:
+            async with self._client().post(self.url, data=orjson.dumps(body)) as resp:
+                status = resp.status
+                raw = await resp.read()
+                headers = resp.headers
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise self._connection_error(e) from None
+        latency = time.perf_counter() - start
+        if status != 200:
+            self._raise_for_status(status, raw, headers)
+        return self._parse(raw, latency)
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[StreamDelta]:
+        """The same request with `stream: true`, one `StreamDelta` per server-sent event.
+        Raises the same errors as `chat`; an `error` event mid-stream is a RetryableError."""
+        data = orjson.dumps({**body, "stream": True})
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self._client().post(
+                self.url, data=data, headers=headers, timeout=self._stream_timeout
+            ) as resp:
+                if resp.status != 200:
+                    raw = await resp.content.read(4096)
+                    self._raise_for_status(resp.status, raw, resp.headers)
+                async for raw_line in resp.content:
+                    line = raw_line.strip()
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, `: keep-alive` comments, `event:` lines
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        return
+                    delta = self._event(payload)
+                    if delta is not None:
+                        yield delta
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise self._connection_error(e) from None
+
+    def _event(self, payload: bytes) -> StreamDelta | None:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            snippet = payload[:120].decode("utf-8", "replace")
+            raise RetryableError(
+                f"malformed event from {self.public_url}: {snippet}", "body"
+            ) from None
+        if not isinstance(event, dict):
+            return None
+        if "error" in event:  # a failure mid-answer, e.g. from `transformers serve`
+            detail = self._error(_error_message(orjson.dumps(event)))
+            raise RetryableError(f"error mid-answer: {detail}", "server")
+        delta = StreamDelta(usage=event.get("usage") or {})
+        for choice in event.get("choices") or []:
+            delta.text += (choice.get("delta") or {}).get("content") or ""
+            delta.finish_reason = choice.get("finish_reason") or delta.finish_reason
+        return delta
+
+    def _connection_error(self, e: BaseException) -> RetryableError:
+        """A request that got no complete HTTP answer, as a RetryableError of its kind."""
+        if isinstance(e, aiohttp.ConnectionTimeoutError):
+            return RetryableError(f"cannot connect to {self.public_url}: timed out", "unreachable")
+        if isinstance(e, aiohttp.ClientConnectorError):
+            reason = self._error(f"cannot connect to {self.public_url}: {e.strerror or e}")
+            return RetryableError(reason, "unreachable")
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return RetryableError("truncated response body", "body")
+        if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+            return RetryableError(self._error(f"connection dropped: {e}"), "dropped")
+        if isinstance(e, TimeoutError):
+            return RetryableError(f"no answer within {self.timeout_s:g} s (--timeout)", "timeout")
+        return RetryableError(self._error(f"connection error: {e}"), "dropped")
+
+    def _raise_for_status(self, status: int, raw: bytes, headers: Any) -> None:
+        detail = self._error(_error_message(raw))
+        try:
+            self._classify(status, detail, raw, headers)
+        except TransportError as e:
+            e.status, e.detail = status, detail
+            raise
+
+    def _classify(self, status: int, detail: str, raw: bytes, headers: Any) -> None:
+        said = f" ({detail})" if detail else ""
+        where = self.public_url
+        if status == 429 and b"insufficient_quota" in raw:
+            # OpenAI's "exceeded your current quota" is a 429 too, but waiting will not help
+            raise FatalError(
+                f"{where} answered 429{said}: the account's quota is used up; check its plan "
+                "and billing, then rerun the same command to go on"
+            )
+        if status == 429:
+            raise RetryableError(
+                f"429 rate limited: {detail}", "rate_limit", status, parse_retry_after(headers)
+            )
+        if status in (408, 409) or status >= 500:
+            raise RetryableError(
+                f"{status} from the endpoint: {detail}",
+                "server",
+                status,
+                parse_retry_after(headers),
+            )
+        if status in (401, 403):
+            raise FatalError(
+                f"{where} answered {status}{said}: the API key was refused; set a valid key "
+                "in $OPENAI_API_KEY, or name its variable with --api-key-env or its file with "
+                "--api-key-file"
+            )
+        if status in (404, 405):
+            raise FatalError(
+                f"{where} answered {status}{said}: check --model and --base-url "
+                "(the base URL usually ends in /v1, e.g. http://localhost:8000/v1)"
+            )
+        raise PromptError(f"{status}: {detail}", status)
+
+    def _parse(self, raw: bytes, latency: float) -> ChatResult:
+        try:
+            data = orjson.loads(raw)
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            content = message.get("content")
+            finish_reason = choice.get("finish_reason")
+            usage = data.get("usage") or {}
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            raise RetryableError(
+                "malformed response body (not an OpenAI chat completion)", "body"
+            ) from None
+        if finish_reason == "content_filter":
+            raise RetryableError("the endpoint's content filter withheld the answer", "content")
+        if not isinstance(content, str) or not content.strip():
+            raise RetryableError("empty answer", "content")
+        return ChatResult(
+            content=content,
+            finish_reason=finish_reason,
+            usage=usage,
+            latency_s=latency,
+            model=data.get("model"),
+        )
+
+
+def chat_body(
+    model: str,
+    messages: list[dict[str, str]],
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int | None,
+) -> dict[str, Any]:
+    """The request body, as in the OpenAI chat completions API."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    return body

@@ -1,0 +1,1 @@
+"""What every stage shares: configuration, errors, file I/O, the run directory."""

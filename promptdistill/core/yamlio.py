@@ -1,0 +1,94 @@
+"""Read a YAML file into a pydantic model, with errors that name the file, field and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from promptdistill.core.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse `path`, returning the data and the node tree (for line numbers)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8"
+        ) from None
+    try:
+        # libyaml's C loader when present: every command reads a few YAML files at start-up
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        node = yaml.compose(text, Loader=loader)
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise UserError(f"{path}{where}: YAML syntax error: {problem}") from None
+    return data, node
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Follow a pydantic error location through the YAML node tree to a 1-based line."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == key]
+            if not match:
+                # the key is missing or unknown: point at the key itself if it exists
+                keys = [k for k, _ in node.value if k.value == key]
+                return keys[0].start_mark.line + 1 if keys else line
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return line
+            node = node.value[key]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def describe_validation_error(path: Path, err: ValidationError, node: yaml.Node | None) -> str:
+    first = err.errors()[0]
+    # pydantic adds union-member names ("str", "SlotRecord") to loc; users never wrote them
+    loc = tuple(p for p in first["loc"] if isinstance(p, int) or p[:1].islower() or p == "")
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(node, loc)
+    where = f"{path}:{line}" if line else f"{path}"
+    msg = first["msg"]
+    if first["type"] == "missing":
+        msg = "required field is missing"
+    elif first["type"] == "extra_forbidden":
+        msg = "unknown field (check its spelling)"
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: field '{field}': {msg}{tail}"
+
+
+def load_model(path: Path, model: type[M]) -> M:
+    data, node = read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping of fields at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UserError(describe_validation_error(path, e, node)) from None
+
+
+def field_line(path: Path, loc: tuple[int | str, ...]) -> str:
+    """`path:line` for a location found invalid after validation (e.g. an unknown slot)."""
+    try:
+        _, node = read_yaml(path)
+    except UserError:
+        return str(path)
+    line = _line_of(node, loc)
+    return f"{path}:{line}" if line else str(path)

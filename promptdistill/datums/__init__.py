@@ -1,0 +1,1 @@
+"""Stage 2: teacher conversations -> examples *without* the system prompt -> RUN/datums/."""

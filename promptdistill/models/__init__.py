@@ -1,0 +1,1 @@
+"""Local models: finding and loading them, the chat renderer, and the generation engine."""

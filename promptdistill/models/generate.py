@@ -1,0 +1,173 @@
+"""The one local generation engine: token ids in, token ids out, batched.
+
+Every local answer goes through `generate`: the student's and the base's answers in eval, the
+REPL's streamed answers (a batch of one, with `on_step` and `should_stop`), and the student's
+own answers for on-policy training. Like nanochat's engine, it knows nothing about chat
+templates or text: callers render prompts and decode answers (models/chat.py).
+
+- Batches are length-sorted, left-padded and equal-sized: 40 prompts at batch_size 32 run as
+  2 x 20, not 32 + 8 (a batch costs about as many decode steps whatever its size, so a small
+  last batch wastes a whole pass).
+- Sampling (temperature, top-p) draws from a private, seeded `torch.Generator` per batch, not
+  torch's global RNG: two models answering in two threads (the REPL's student and base) then
+  cannot disturb each other's draws, and a seed reproduces an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Generated:
+    tokens: list[int]  # the answer, its end-of-turn token included when it stopped
+    finish_reason: str  # "stop" (an end-of-turn token) or "length" (max_new_tokens)
+
+    @property
+    def answer_tokens(self) -> list[int]:
+        """The answer without its end-of-turn token."""
+        return self.tokens[:-1] if self.finish_reason == "stop" else self.tokens
+
+
+# on_step(row, token) for every new token of every unfinished row; should_stop() -> bool
+OnStep = Callable[[int, int], None]
+
+
+def generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    batch_size: int = 16,
+    on_step: OnStep | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Generated]:
+    """Answer each prompt (token ids ending in the assistant header). temperature 0: greedy.
+    `seed` None draws a fresh seed. `on_step` rows are indices into `prompts`."""
+    import torch
+
+    device = next(model.parameters()).device
+    stop = set(int(i) for i in stop_ids)
+    out: list[Generated | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    n_batches = -(-len(order) // batch_size) if order else 0
+    size = -(-len(order) // n_batches) if n_batches else 1
+    with torch.inference_mode():
+        for b, start in enumerate(range(0, len(order), size)):
+            batch = order[start : start + size]
+            T = max(len(prompts[i]) for i in batch)
+            ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+            attn_BT = torch.zeros((len(batch), T), dtype=torch.long)
+            for r, i in enumerate(batch):  # left padding: every row's next token is last
+                p = prompts[i]
+                ids_BT[r, T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+                attn_BT[r, T - len(p) :] = 1
+            processors = []
+            if temperature > 0:
+                processors.append(_seeded_sampler(temperature, top_p, _batch_seed(seed, b)))
+            watch = _watch(T, batch, stop, on_step, should_stop)
+            seqs_BS = model.generate(
+                input_ids=ids_BT.to(device),
+                attention_mask=attn_BT.to(device),
+                generation_config=_config(model, max_new_tokens, stop_ids, pad_id),
+                logits_processor=processors,
+                stopping_criteria=[watch],
+            )
+            for r, i in enumerate(batch):
+                toks = seqs_BS[r, T:].tolist()
+                cut = next((k for k, t in enumerate(toks) if t in stop), None)
+                if cut is not None:
+                    out[i] = Generated(tokens=toks[: cut + 1], finish_reason="stop")
+                else:  # pads after the row ended early for another reason (should_stop)
+                    toks = toks[: watch.lengths[r]]
+                    reason = "length" if len(toks) >= max_new_tokens else "stopped"
+                    out[i] = Generated(tokens=toks, finish_reason=reason)
+            if on_batch is not None:
+                on_batch(len(batch))
+    return [o for o in out if o is not None]
+
+
+def _batch_seed(seed: int | None, batch: int) -> int | None:
+    return None if seed is None else seed * 100_003 + batch
+
+
+def _config(model: Any, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int) -> Any:
+    """A fresh GenerationConfig: greedy over the scores our sampler leaves (the model's own
+    generation_config may say do_sample=True, see models/resolve.py)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=[int(i) for i in stop_ids] or None,
+        pad_token_id=pad_id,
+        bos_token_id=model.generation_config.bos_token_id,
+    )
+
+
+def _watch(
+    prompt_len: int,
+    rows: list[int],
+    stop: set[int],
+    on_step: OnStep | None,
+    should_stop: Callable[[], bool] | None,
+) -> Any:
+    import torch
+    from transformers import StoppingCriteria
+
+    class Watch(StoppingCriteria):
+        """Called once per new token: reports it, counts each row's tokens, stops on demand."""
+
+        def __init__(self) -> None:
+            self.lengths = [0] * len(rows)
+            self.ended = [False] * len(rows)
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            last = input_ids[:, -1].tolist()
+            for r, token in enumerate(last):
+                if self.ended[r]:
+                    continue
+                self.lengths[r] += 1
+                self.ended[r] = token in stop
+                if on_step is not None:
+                    on_step(rows[r], int(token))
+            halt = should_stop is not None and should_stop()
+            return torch.full((input_ids.shape[0],), halt, dtype=torch.bool)
+
+    return Watch()
+
+
+def _seeded_sampler(temperature: float, top_p: float, seed: int | None) -> Any:
+    import torch
+    from transformers import LogitsProcessor
+
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+
+    class SeededSampler(LogitsProcessor):
+        """Temperature + top-p sampling with a private generator, returned as one-hot scores
+        that greedy decoding then picks (see the module docstring)."""
+
+        def __call__(self, input_ids: Any, scores_BV: Any) -> Any:
+            probs_BV = torch.softmax(scores_BV.float() / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+                outside_BV = sorted_BV.cumsum(dim=-1) - sorted_BV > top_p
+                sorted_BV = sorted_BV.masked_fill(outside_BV, 0.0)
+                probs_BV = torch.zeros_like(probs_BV).scatter(-1, order_BV, sorted_BV)
+            choice_B1 = torch.multinomial(probs_BV, 1, generator=generator)
+            onehot_BV = torch.full_like(scores_BV, float("-inf"))
+            return onehot_BV.scatter(-1, choice_B1, 0.0)
+
+    return SeededSampler()

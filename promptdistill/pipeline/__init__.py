@@ -1,0 +1,1 @@
+"""`promptdistill run`: every stage in order, resumable; and `promptdistill runs`."""

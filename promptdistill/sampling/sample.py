@@ -1,0 +1,354 @@
+"""`sample_run`: ask the teacher for every prompt of a persona and store the answers in RUN/.
+
+This is the library entry point behind `promptdistill sample` (and later `promptdistill run`).
+It owns the run-directory side: what is already answered (resume), what failed before (asked
+again), the recorded configuration (a run never mixes outputs of different configurations),
+the API key (read here, never written anywhere), and Ctrl-C (stop cleanly, keep everything).
+
+Files: RUN/samples.jsonl (one record per answered prompt, appended as answers arrive),
+RUN/failures.jsonl (prompts that failed for good in the latest run), RUN/config.yaml stage
+`sample` (the resolved SampleConfig, without secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+
+from promptdistill.clients.endpoint import (
+    ChatResult,
+    FatalError,
+    Transport,
+    chat_body,
+    normalize_base_url,
+)
+from promptdistill.clients.keys import read_api_key
+from promptdistill.core.config import SampleConfig
+from promptdistill.core.errors import UserError
+from promptdistill.core.io import JsonlWriter, atomic_write_bytes, read_jsonl
+from promptdistill.core.redact import redact_url
+from promptdistill.core.rundir import RunDir
+from promptdistill.personas import LoadedPersona, UserPrompt, expand_prompts, heldout_prompts
+from promptdistill.personas import load_persona as _load_persona
+from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
+from promptdistill.sampling.limits import Limits
+from promptdistill.sampling.progress import Progress
+from promptdistill.sampling.summary import SampleSummary
+
+STAGE = "sample"
+# fields of the recorded stage config that must match for a run to grow
+_MUST_MATCH = ("persona", "seed", "teacher.model", "sampling.temperature", "sampling.top_p",
+               "sampling.max_tokens", "sampling.seed")  # fmt: skip
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
+
+
+def recorded_config(config: SampleConfig) -> dict[str, Any]:
+    """What config.yaml keeps: the resolved config, URL without credentials, no key."""
+    data = config.model_dump(mode="json")
+    if config.teacher.base_url:
+        data["teacher"]["base_url"] = redact_url(normalize_base_url(config.teacher.base_url))
+    return data
+
+
+def check_compatible(run: RunDir, config: SampleConfig, persona: LoadedPersona) -> None:
+    """Refuse to add samples made under a different configuration to an existing run."""
+    old = run.stage_config(STAGE)
+    new = recorded_config(config)
+    if old is not None:
+        for key in _MUST_MATCH:
+            if _get(old, key) != _get(new, key):
+                flag = "--" + key.split(".")[-1].replace("_", "-")
+                raise UserError(
+                    f"{run.config_path}: this run was sampled with {key}={_get(old, key)!r}, "
+                    f"not {_get(new, key)!r}; samples from different configurations must not "
+                    f"be mixed: pass the same {flag if key != 'persona' else 'persona'} "
+                    "or use a new --run directory"
+                )
+    # the persona file may have been edited since: compare the system prompt itself
+    for record in read_jsonl(run.samples):
+        messages = record.get("messages") or []
+        system = messages[0] if messages and messages[0].get("role") == "system" else None
+        if system is not None and system.get("content") != persona.persona.system_prompt:
+            raise UserError(
+                f"{run.samples}: its samples were made with a different system prompt than "
+                f"{persona.path} has now; use a new --run directory"
+            )
+        break
+
+
+# transformers serve on 2 CPU cores: a request the server has queued is still computed after the
+# client gave up on it, so with 64 in flight the last ones waited minutes, timed out, and their
+# retries doubled the work until nothing finished. Few in flight and a long timeout instead;
+# LOCAL_CONCURRENCY is the measured best on the dev machine (docs/benchmarks.md, local teacher).
+LOCAL_CONCURRENCY = 4
+LOCAL_TIMEOUT_S = 1800.0
+
+
+def for_local_teacher(config: SampleConfig, say: Callable[[str], None]) -> SampleConfig:
+    t = config.teacher
+    if t.concurrency <= LOCAL_CONCURRENCY and t.timeout_s >= LOCAL_TIMEOUT_S:
+        return config
+    teacher = t.model_copy(
+        update={
+            "concurrency": min(t.concurrency, LOCAL_CONCURRENCY),
+            "timeout_s": max(t.timeout_s, LOCAL_TIMEOUT_S),
+        }
+    )
+    say(
+        f"local teacher: {teacher.concurrency} requests in flight, {teacher.timeout_s:.0f} s "
+        "timeout (a CPU server queues the rest; retrying them would only add work)"
+    )
+    return config.model_copy(update={"teacher": teacher})
+
+
+def _job(p: UserPrompt, system_prompt: str) -> Job:
+    meta: dict[str, Any] = {"split": p.split, "prompt_set": p.prompt_set, "category": p.category}
+    if p.gold is not None:
+        meta["gold"] = p.gold
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": p.text}]
+    return Job(p.id, messages, meta)
+
+
+def sample_run(
+    config: SampleConfig,
+    run: RunDir,
+    console: Console | None = None,
+    live: bool | None = None,
+    log_every_s: float = 5.0,
+    log: Callable[[str], None] | None = None,
+    handle_sigint: bool = True,
+    persona: LoadedPersona | None = None,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> SampleSummary:
+    """Answer every prompt of `config` into `run`. Resumable; see the module docstring.
+
+    `persona` may pass in `config.persona` already loaded (the CLI loads it for its defaults).
+    From another thread (`run --stream`): setting `stop` stops sampling as Ctrl-C does, and
+    `ready` is set once this run's config.yaml entry is written.
+
+    Raises UserError for bad input and for fatal endpoint errors (401/403/404, unreachable);
+    answers received before a fatal error stay on disk.
+    """
+    started = time.monotonic()
+    console = console or Console(highlight=False)
+    say = log or (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
+    persona = persona or _load_persona(config.persona)
+    prompts = expand_prompts(persona, config.n, config.seed)
+    if config.include_heldout:
+        prompts = heldout_prompts(persona) + prompts
+    run.create()
+    check_compatible(run, config, persona)
+    api_key = read_api_key(config.teacher) if config.teacher.base_url else None
+
+    wanted = {p.id for p in prompts}
+    done_ids = {r["id"] for r in read_jsonl(run.samples) if r.get("id") in wanted}
+    todo = [p for p in prompts if p.id not in done_ids]
+    base = config.teacher.base_url
+    summary = SampleSummary(
+        run_dir=str(run.path),
+        base_url=redact_url(normalize_base_url(base)) if base else "local teacher",
+        model=config.teacher.model,
+        requested=len(prompts),
+        answered_before=len(done_ids),
+        max_concurrency=config.teacher.concurrency,
+        min_concurrency=config.teacher.concurrency,
+    )
+    run.save_stage_config(STAGE, recorded_config(config))
+    if ready is not None:
+        ready.set()
+    # failures of an earlier run are asked again now; the file lists this run's failures only
+    atomic_write_bytes(run.failures, b"")
+    if not todo:
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    with contextlib.ExitStack() as stack:
+        if base is None:
+            from promptdistill.clients.local_server import running_local_teacher
+
+            config = for_local_teacher(config, say)
+            summary.max_concurrency = summary.min_concurrency = config.teacher.concurrency
+
+            say(f"starting the local teacher ({config.teacher.model}) ...")
+            local = stack.enter_context(running_local_teacher(config.teacher.model, log=say))
+            base_url, model = local.base_url, local.model
+            say(f"local teacher started at {redact_url(base_url)}")
+            stack.callback(say, "local teacher shut down")
+        else:
+            base_url, model = base, config.teacher.model
+        summary.base_url = redact_url(normalize_base_url(base_url))
+        asyncio.run(
+            _sample_async(
+                config, run, todo, persona, base_url, model, api_key, summary, console, live,
+                log_every_s, handle_sigint, stop, warm_up=base is None,
+            )
+        )  # fmt: skip
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+class _Records:
+    """Writes each answer to samples.jsonl and each failure for good to failures.jsonl.
+
+    Every line is flushed to the OS as it is written (kill -9 loses nothing); an fsync (for
+    power cuts) blocks the event loop for ~10 ms, so samples are fsynced every 1024 only."""
+
+    def __init__(self, run: RunDir, teacher_info: dict[str, Any]) -> None:
+        self.teacher_info = teacher_info
+        self.samples = JsonlWriter(run.samples, fsync_every=1024)
+        self.failures = JsonlWriter(run.failures)
+        self.last_answer = time.monotonic()
+
+    def on_sample(self, job: Job, r: ChatResult, attempts: int) -> None:
+        self.last_answer = time.monotonic()
+        self.samples.write(
+            {
+                "id": job.id,
+                **job.meta,
+                "messages": [*job.messages, {"role": "assistant", "content": r.content}],
+                "finish_reason": r.finish_reason,
+                "truncated": r.finish_reason == "length",
+                "usage": r.usage,
+                "latency_s": round(r.latency_s, 4),
+                "attempts": attempts,
+                "teacher": self.teacher_info,
+            }
+        )
+
+    def on_failure(self, job: Job, error: str, kind: str, status: int | None, tries: int) -> None:
+        self.failures.write(
+            {
+                "id": job.id,
+                **job.meta,
+                "prompt": job.messages[-1]["content"],
+                "error": error,
+                "kind": kind,
+                "status": status,
+                "attempts": tries,
+                "teacher": self.teacher_info,
+            }
+        )
+
+    def close(self) -> None:
+        self.samples.close()
+        self.failures.close()
+
+
+@contextlib.asynccontextmanager
+async def _stopping(
+    stop: asyncio.Event, handle_sigint: bool, stop_when: threading.Event | None
+) -> AsyncIterator[None]:
+    """`stop` is set by the first Ctrl-C (a second falls through to the default handler), or
+    when `stop_when` is set from another thread (polled: an asyncio.Event is not thread-safe)."""
+    loop = asyncio.get_running_loop()
+    if handle_sigint:
+
+        def on_sigint() -> None:
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+
+    async def watch(event: threading.Event) -> None:
+        while not event.is_set():
+            await asyncio.sleep(0.1)
+        stop.set()
+
+    watcher = asyncio.create_task(watch(stop_when)) if stop_when is not None else None
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if handle_sigint:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _sample_async(
+    config: SampleConfig,
+    run: RunDir,
+    todo: list[UserPrompt],
+    persona: LoadedPersona,
+    base_url: str,
+    model: str,
+    api_key: str | None,
+    summary: SampleSummary,
+    console: Console,
+    live: bool | None,
+    log_every_s: float,
+    handle_sigint: bool,
+    stop_when: threading.Event | None = None,
+    warm_up: bool = False,
+) -> None:
+    t, s = config.teacher, config.sampling
+    teacher_info = {
+        "base_url": summary.base_url,
+        "model": config.teacher.model,  # the local teacher's `model` is a cache path
+        "sampling": s.model_dump(mode="json"),
+    }
+    system_prompt = persona.persona.system_prompt
+    stats = EngineStats(total=len(todo))
+    # the local teacher's prefix cache needs one finished prefill first (limits.AdaptiveConcurrency)
+    limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
+
+    def body(job: Job) -> dict[str, Any]:
+        return chat_body(model, job.messages, s.temperature, s.top_p, s.max_tokens, s.seed)
+
+    def jobs() -> Iterator[Job]:
+        for p in todo:
+            yield _job(p, system_prompt)
+
+    stop = asyncio.Event()
+    sampling_start = time.monotonic()
+    records = _Records(run, teacher_info)
+    engine = Engine(
+        Transport(base_url, api_key, t.concurrency, t.timeout_s), limits, body,
+        records.on_sample, records.on_failure, RetryPolicy(max_retries=t.max_retries), stats,
+        s.max_tokens,
+    )  # fmt: skip
+    fatal: FatalError | None = None
+    finished = False
+    try:
+        async with (
+            _stopping(stop, handle_sigint, stop_when),
+            engine.transport,
+            Progress(stats, limits.concurrency, console, live=live, log_every_s=log_every_s),
+        ):
+            try:
+                finished = await engine.run(jobs(), stop)
+            except FatalError as e:
+                fatal = e
+            except OSError as e:  # writing a sample failed: disk full, folder removed
+                raise UserError(
+                    f"cannot write to {run.path}: {e.strerror or e}; free some space or "
+                    "check the folder, then rerun the same command to go on"
+                ) from None
+    finally:
+        records.close()
+        summary.answered_now = stats.done
+        summary.failed = stats.failed
+        summary.pending = len(todo) - stats.done - stats.failed
+        summary.truncated = stats.truncated
+        summary.retries = stats.retries
+        summary.rate_limited = stats.rate_limited
+        summary.min_concurrency = limits.concurrency.min_seen
+        summary.sampling_s = records.last_answer - sampling_start
+        summary.interrupted = not finished and fatal is None
+    if fatal is not None:
+        kept = summary.answered_before + summary.answered_now
+        raise UserError(f"{fatal} [{kept} answers kept in {run.samples}]", exit_code=3)

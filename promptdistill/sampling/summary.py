@@ -1,0 +1,54 @@
+"""What a sampling run did: `SampleSummary`, and the table printed after every run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.table import Table
+
+
+@dataclass(kw_only=True)
+class SampleSummary:
+    run_dir: str
+    base_url: str
+    model: str
+    requested: int = 0  # prompts this run should have answers for (training + held-out)
+    answered_before: int = 0
+    answered_now: int = 0
+    failed: int = 0
+    pending: int = 0  # neither answered nor failed (interrupted, or stopped by a fatal error)
+    truncated: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    max_concurrency: int = 0
+    min_concurrency: int = 0
+    elapsed_s: float = 0.0
+    sampling_s: float = 0.0  # from the first request to the last answer
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.answered_before + self.answered_now == self.requested
+
+
+def summary_table(summary: SampleSummary) -> Table:
+    """The final table printed after every run, finished or not."""
+    t = Table(title=f"sample: {summary.run_dir}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("teacher", f"{summary.model} @ {summary.base_url}")
+    t.add_row("prompts requested", str(summary.requested))
+    t.add_row("answered before this run", str(summary.answered_before))
+    t.add_row("answered now", str(summary.answered_now))
+    t.add_row("failed", str(summary.failed))
+    t.add_row("not asked yet", str(summary.pending))
+    t.add_row("cut at max_tokens (kept, flagged)", str(summary.truncated))
+    t.add_row("retries / 429s", f"{summary.retries} / {summary.rate_limited}")
+    if summary.min_concurrency < summary.max_concurrency:
+        t.add_row("concurrency (lowest after 429s)", f"{summary.min_concurrency}")
+    t.add_row("time", f"{summary.elapsed_s:.1f} s")
+    if summary.sampling_s > 0 and summary.answered_now:
+        rate = summary.answered_now / summary.sampling_s
+        shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"  # a slow local teacher: 0.04
+        t.add_row("sampling phase", f"{shown} req/s over {summary.sampling_s:.2f} s")
+    return t

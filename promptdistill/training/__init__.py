@@ -1,0 +1,1 @@
+"""Stage 3: a LoRA adapter trained on the student -> RUN/adapter/."""

@@ -1,0 +1,227 @@
+"""`promptdistill eval` end to end on a tiny model, plus the batched NLL and generation it uses.
+
+The run directory is built here: samples.jsonl (tests/tiny.py), config.yaml, a LoRA adapter
+created with peft (random, non-zero, so the student differs from the base) and metrics.jsonl.
+The fake OpenAI server plays the teacher endpoint (streamed latency) and the judge.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import torch
+import yaml
+from fake_openai import start_fake_server
+from tiny import SYSTEM_PROMPT, make_tiny_model, write_samples
+
+KEY = "sk-test-eval-0123456789"
+SUMMARY_KEYS = {
+    "prompt_effect_recovered", "nll_student", "nll_base", "rouge_l_student", "rouge_l_base",
+    "chrf_student", "chrf_base", "judge_student", "judge_teacher", "judge_base",
+    "persona_classifier_student", "prompt_tokens_saved_per_request", "student_tokens_per_s",
+}  # fmt: skip
+
+
+def make_run(root: Path, model_dir: Path, n: int = 24, heldout: int = 4) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    from promptdistill.models.load import load_causal_lm
+
+    run = root / "run"
+    write_samples(run / "samples.jsonl", n, heldout=heldout, words=(1, 3))
+    config = {
+        "sample": {
+            "persona": "beethoven",
+            "n": n,
+            "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 12},
+            "teacher": {"base_url": None, "model": str(model_dir)},  # the embedded default
+        },
+        "train": {
+            "student": {"model": str(model_dir), "dtype": "fp32"},
+            "datums": {"val_fraction": 0.25},
+        },
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load_causal_lm(model_dir, "fp32"), lora).save_pretrained(run / "adapter")
+    rows = [{"type": "train", "step": s, "loss": 4.0 - 0.2 * s} for s in range(1, 9)]
+    rows += [
+        {"type": "eval", "step": 4, "val_loss": 3.5},
+        {"type": "eval", "step": 8, "val_loss": 3.1},
+    ]
+    (run / "metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return run
+
+
+def judge_reply(messages: list[dict[str, Any]]) -> str:
+    """A judge that only looks at the content: answers with 'Beethoven' in them score high."""
+    text = messages[-1]["content"]
+    reply = text.split("Reply to rate:", 1)[1] if "Reply to rate:" in text else text
+    if "Vienna" in reply or "symphony" in reply.lower():
+        return "Score: 9"
+    return "The reply is plain. Score: 2"
+
+
+def run_eval(
+    run: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:  # noqa: E501
+    cmd = [sys.executable, "-m", "promptdistill", "eval", str(run), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    with start_fake_server(responder=judge_reply, api_key=KEY) as fake:
+        yield fake
+
+
+def eval_args(server: Any) -> list[str]:
+    return [
+        "--base-url", server.base_url, "--model", "fake-teacher", "--max-new-tokens", "8",
+        "--price-in", "3", "--price-out", "15", "--latency-requests", "2",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluated(
+    tmp_path_factory: pytest.TempPathFactory, server: Any
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("eval")
+    model_dir = make_tiny_model(root / "tiny")
+    run = make_run(root, model_dir)
+    out = run_eval(run, *eval_args(server), env={**os.environ, "OPENAI_API_KEY": KEY})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert server.requests > 0, "neither the judge nor the teacher was asked"
+    return run, out
+
+
+@pytest.mark.slow
+def test_eval_writes_a_complete_report(evaluated: tuple[Path, Any]) -> None:
+    run, out = evaluated
+    report = orjson.loads((run / "report.json").read_bytes())
+    s = report["summary"]
+    assert set(s) >= SUMMARY_KEYS
+    # every null headline number says why
+    for key, value in s.items():
+        if value is None:
+            assert report["notes"].get(key), key
+    # likelihood: three NLLs of the same answer tokens, and the ratio computed from them
+    lik = report["likelihood"]
+    assert lik["student"]["tokens"] == lik["base"]["tokens"] == lik["base_withprompt"]["tokens"]
+    nb, ns, nw = s["nll_base"], s["nll_student"], s["nll_base_withprompt"]
+    assert all(v is not None and v > 0 for v in (nb, ns, nw))
+    if abs(nb - nw) >= 1e-3:
+        assert s["prompt_effect_recovered"] == pytest.approx((nb - ns) / (nb - nw))
+    # text agreement for both decodings; classifier shares; judge from the fake server
+    for key in ("student_greedy", "student_sampled", "base_greedy", "base_sampled"):
+        assert 0.0 <= report["text_agreement"][key]["rouge_l"]["mean"] <= 1.0
+        assert 0.0 <= report["text_agreement"][key]["chrf"]["mean"] <= 100.0
+    assert 0.0 <= s["persona_classifier_student"] <= 1.0
+    judge = report["persona_fidelity"]["judge"]
+    assert set(judge) >= {"teacher", "student", "base"}
+    assert s["judge_teacher"] is not None and 2.0 <= s["judge_teacher"] <= 9.0
+    # efficiency: the tiny ChatML template has no default system prompt, so every system-prompt
+    # token is saved; costs priced; latency of both sides measured
+    e = report["efficiency"]
+    assert s["prompt_tokens_saved_per_request"] > len(SYSTEM_PROMPT.split())
+    assert e["system_prompt_cost_saved_run_usd"] == pytest.approx(
+        s["prompt_tokens_saved_per_request"] * e["run_requests"] * 3 / 1e6
+    )
+    assert s["student_tokens_per_s"] > 0 and e["student_latency"]["requests"] == 2
+    assert e["teacher_latency"]["requests"] == 2
+    assert e["adapter_parameters"] > 0 and e["adapter_bytes"] > 0
+    # held-out set = validation split (by the trainer's rule) + the fixed held-out prompts
+    from promptdistill.datums.build import split_of
+
+    samples = [orjson.loads(x) for x in (run / "samples.jsonl").read_bytes().splitlines()]
+    expected = {
+        r["id"] for r in samples if r["split"] == "heldout" or split_of(r["id"], 0.25) == "val"
+    }
+    rows = [orjson.loads(x) for x in (run / "report-answers.jsonl").read_bytes().splitlines()]
+    assert {r["id"] for r in rows} == expected
+    assert all(isinstance(r["student_sampled"], str) and r["teacher"] for r in rows)
+    # the markdown, the plots, the terminal table; the API key nowhere
+    md = (run / "report.md").read_text()
+    assert "## Teacher, student and base" in md and "![training loss](report-loss.png)" in md
+    for png in ("report-loss.png", "report-metrics.png", "report-judge.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    assert "prompt effect recovered" in out.stdout
+    for f in run.glob("report*"):
+        assert KEY not in f.read_text(errors="replace")
+    assert KEY not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_against_reuses_an_up_to_date_report(
+    evaluated: tuple[Path, Any], tmp_path: Path, server: Any
+) -> None:
+    run, _ = evaluated
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    data = orjson.loads((other / "report.json").read_bytes())
+    data["summary"]["rouge_l_student"] = -1.0
+    data["run"] = str(other)
+    (other / "report.json").write_bytes(orjson.dumps(data))
+    # same flags as the fixture: the report is up to date, so nothing is recomputed
+    asked = server.requests
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    out = run_eval(run, *eval_args(server), "--against", str(other), env=env)
+    assert server.requests == asked
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "up to date" in out.stderr
+    diff = orjson.loads((run / "report-vs-other.json").read_bytes())
+    assert diff["summary"]["rouge_l_student"]["better"] == "run"
+    assert "against other" in out.stdout
+    assert (run / "report-vs-other.md").is_file()
+
+
+def test_eval_without_adapter_is_a_one_line_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_samples(run / "samples.jsonl", 4, heldout=2)
+    (run / "config.yaml").write_text(yaml.safe_dump({"sample": {"persona": "beethoven", "n": 4}}))
+    out = run_eval(run, "--no-judge")
+    assert out.returncode == 2
+    assert "has no adapter_config.json" in out.stderr and "promptdistill train" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_eval(tmp_path / "missing")
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_against_a_run_without_report_fails_early(
+    evaluated: tuple[Path, Any], tmp_path: Path
+) -> None:  # noqa: E501
+    run, _ = evaluated
+    out = run_eval(run, "--against", str(tmp_path))
+    assert out.returncode == 2 and "run `promptdistill eval" in out.stderr
+
+
+# --------------------------------------------------------------------------- the model side
+
+
+def test_score_nll_matches_the_model_loss(tiny: tuple[Any, Any]) -> None:
+    from promptdistill.evaluation.scoring import score_nll
+
+    model, tok = tiny
+    examples = []
+    for k in (2, 5, 9):
+        toks = list(range(3, 3 + 4 + k))
+        weights = [0.0] * 4 + [1.0] * k
+        examples.append((toks, weights))
+    scored = score_nll(model, examples, batch_tokens=20)  # several batches
+    for (toks, w), s in zip(examples, scored, strict=True):
+        ids = torch.tensor([toks])
+        labels = ids.clone()
+        labels[0, : w.index(1.0)] = -100
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss
+        assert s.tokens == sum(w) - (1 if w[0] else 0)
+        assert s.nll_sum == pytest.approx(float(loss) * s.tokens, rel=1e-4)
