@@ -17,6 +17,12 @@ connection without answering), truncate (announce a body, send half, close), mal
 invalid JSON), empty (200, empty content), length (finish_reason "length"), content_filter,
 slow (wait `delay` seconds, then answer normally).
 
+With `lm=(model, tokenizer)`, a tiny real model answers instead (sampled, seeded by the request's
+`seed`), so that `logprobs: true, top_logprobs: K` returns real logprobs of its tokens, and a
+vLLM-style scoring request (`prompt_logprobs: K` with `continue_final_message: true`) returns
+the real logprob of every prompt token and `prompt_token_ids`. `ignore_logprobs=True` answers
+as `transformers serve` does: no logprobs whatever was asked.
+
 In-process use (a background thread with its own event loop):
 
     with start_fake_server(latency=0.05, faults=[...], api_key="k") as server:
@@ -87,6 +93,8 @@ class FakeOpenAI:
     record: bool = True
     # canned answers (e.g. an LLM judge's replies): messages -> content, instead of "answer to:"
     responder: Callable[[list[dict[str, Any]]], str] | None = None
+    lm: tuple[Any, Any] | None = None  # (model, tokenizer): a tiny real model answers
+    ignore_logprobs: bool = False
     # filled in while running
     base_url: str = ""
     port: int = 0
@@ -233,6 +241,8 @@ class FakeOpenAI:
                 )
 
         model = body.get("model", "")
+        if self.lm is not None:
+            return self._lm_answer(body, messages, arrival)
         content = self.responder(messages) if self.responder else f"answer to: {prompt}"
         words = content.split()
         if len(words) < self.answer_words:
@@ -289,6 +299,60 @@ class FakeOpenAI:
             return resp
         return web.Response(body=payload, content_type="application/json")
 
+    def _lm_answer(
+        self, body: dict[str, Any], messages: list[dict[str, Any]], arrival: Arrival
+    ) -> web.Response:
+        """The tiny model's answer (or, for a scoring request, its prompt logprobs)."""
+        import torch
+
+        model, tok = self.lm  # type: ignore[misc]
+        if "prompt_logprobs" in body and not self.ignore_logprobs:
+            return web.json_response(_lm_score(model, tok, body, messages))
+        ids = tok.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        stop = tok.convert_tokens_to_ids("<|im_end|>")
+        max_tokens = int(body.get("max_tokens") or 16)
+        torch.manual_seed(int(body.get("seed") or 0) + self.requests)
+        with torch.no_grad():
+            input_ids = torch.tensor([ids])
+            out = model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                eos_token_id=stop, pad_token_id=tok.pad_token_id, output_scores=True,
+                return_dict_in_generate=True,
+                suppress_tokens=[
+                    i for i, t in tok.added_tokens_decoder.items() if t.special and i != stop
+                ],
+            )  # fmt: skip
+        new = out.sequences[0, len(ids) :].tolist()
+        finish = "stop" if stop in new else "length"
+        answer = new[: new.index(stop)] if stop in new else new
+        content = tok.decode(answer, skip_special_tokens=True) or "silence"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        if body.get("logprobs") and not self.ignore_logprobs:
+            k = int(body.get("top_logprobs") or 0)
+            entries = []
+            for token, scores in zip(answer, out.scores, strict=False):
+                logp = torch.log_softmax(scores[0].float(), -1)
+                top = torch.topk(logp, k) if k else None
+                entries.append({
+                    "token": tok.decode([token]), "logprob": float(logp[token]),
+                    "top_logprobs": [] if top is None else [
+                        {"token": tok.decode([int(i)]), "logprob": float(v)}
+                        for v, i in zip(top.values, top.indices, strict=True)
+                    ],
+                })  # fmt: skip
+            choice["logprobs"] = {"content": entries}
+        usage = {"prompt_tokens": len(ids), "completion_tokens": len(new),
+                 "total_tokens": len(ids) + len(new)}  # fmt: skip
+        arrival.tokens = usage["total_tokens"]
+        return web.json_response(
+            {"id": f"chatcmpl-{self.requests}", "object": "chat.completion",
+             "model": body.get("model"), "choices": [choice], "usage": usage}
+        )  # fmt: skip
+
     async def _stream(
         self,
         request: web.Request,
@@ -324,6 +388,36 @@ class FakeOpenAI:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _lm_score(model: Any, tok: Any, body: dict[str, Any], messages: list[Any]) -> dict[str, Any]:
+    """vLLM's answer to a scoring request: the final assistant message left open
+    (`continue_final_message`), the logprob of every prompt token (with the top K), and the
+    prompt's token ids."""
+    import torch
+
+    text = tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    k = max(1, int(body.get("prompt_logprobs") or 1))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    prompt_logprobs: list[Any] = [None]
+    for pos in range(1, len(ids)):
+        row = logp[pos - 1]
+        entry = {str(ids[pos]): {"logprob": float(row[ids[pos]]), "rank": 1,
+                                 "decoded_token": tok.decode([ids[pos]])}}  # fmt: skip
+        top = torch.topk(row, k)
+        for rank, (v, i) in enumerate(zip(top.values, top.indices, strict=True), start=1):
+            entry.setdefault(str(int(i)), {"logprob": float(v), "rank": rank,
+                                            "decoded_token": tok.decode([int(i)])})  # fmt: skip
+        prompt_logprobs.append(entry)
+    return {
+        "id": "scored", "object": "chat.completion", "model": body.get("model"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
+                     "finish_reason": "length"}],
+        "prompt_logprobs": prompt_logprobs, "prompt_token_ids": ids,
+        "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+    }  # fmt: skip
 
 
 def _count_words(text: str) -> int:

@@ -182,3 +182,26 @@ def test_missing_or_empty_samples_are_user_errors(tmp_path: Path, tiny_tok: Any)
     with pytest.raises(UserError, match="no usable training samples"):
         prepare_datums(run, Renderer(tiny_tok), DatumConfig(), "tiny")
     shutil.rmtree(run.path)
+
+
+def test_looping_and_empty_teacher_answers_are_left_out_and_counted(tiny_tok: Any) -> None:
+    """The same word 4-gram three times is a loop (issue #13): not trained on, unless asked."""
+    from promptdistill.core.text import loops
+
+    assert loops("1. 1. 1. 1. 1. 1.") and loops("I am so glad. I am so glad. I am so glad.")
+    assert not loops("Ah, you ask me that as if the answer were simple!")
+    looping = {**records_like(CONVO, "loop"), "messages": [
+        CONVO[0], CONVO[1], {"role": "assistant", "content": "la la la la " * 4}]}  # fmt: skip
+    empty = {**records_like(CONVO, "empty"), "messages": [
+        CONVO[0], CONVO[1], {"role": "assistant", "content": "   "}]}  # fmt: skip
+    plain = records_like(CONVO, "plain")
+    datums, stats = build_datums([looping, empty, plain], Renderer(tiny_tok), DatumConfig(), "t")
+    assert [d.id for d in datums] == ["plain"] and stats["loops"] == 1 and stats["empty"] == 1
+    kept, stats = build_datums(
+        [looping, empty, plain], Renderer(tiny_tok), DatumConfig(keep_loops=True), "t"
+    )
+    assert sorted(d.id for d in kept) == ["loop", "plain"] and stats["loops"] == 0
+
+
+def records_like(convo: list[dict[str, str]], rid: str) -> dict[str, Any]:
+    return {"id": rid, "split": "train", "messages": list(convo)}

@@ -161,6 +161,26 @@ def test_eval_writes_a_complete_report(evaluated: tuple[Path, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_report_measures_the_distillation_directly(evaluated: tuple[Path, Any]) -> None:
+    """KL(teacher || student) and KL(teacher || base) on the whole next-token distributions
+    (the run's teacher is the student's base model with the prompt), and loop rates."""
+    run, out = evaluated
+    report = orjson.loads((run / "report.json").read_bytes())
+    s = report["summary"]
+    assert s["kl_student"] is not None and s["kl_base"] is not None
+    assert s["kl_student"] >= 0 and s["kl_base"] > 0
+    kl = report["likelihood"]["kl"]
+    assert kl["tokens"] == report["likelihood"]["student"]["tokens"]
+    for m in ("student", "teacher", "base"):
+        assert 0.0 <= s[f"loop_rate_{m}"] <= 1.0
+    assert report["student"]["objective"] == "sft"
+    md = (run / "report.md").read_text()
+    assert "KL(teacher || student)" in md and "answers that loop" in md
+    assert "--objective sft" in md
+    assert "KL(teacher || student)" in out.stdout
+
+
+@pytest.mark.slow
 def test_against_reuses_an_up_to_date_report(
     evaluated: tuple[Path, Any], tmp_path: Path, server: Any
 ) -> None:

@@ -164,7 +164,8 @@ def sample_record(
 ) -> dict[str, Any]:
     """One record in the format the issue #3 sampler writes to RUN/samples.jsonl."""
     user = USER_PROMPTS[rng.randrange(len(USER_PROMPTS))]
-    answer = " ".join(rng.choice(ANSWER_SENTENCES) for _ in range(rng.randint(*words)))
+    # distinct sentences: a teacher answer that repeats itself is a loop, which datums drop
+    answer = " ".join(rng.sample(ANSWER_SENTENCES, min(rng.randint(*words), len(ANSWER_SENTENCES))))
     prompt_tokens, completion_tokens = 60 + len(user.split()), len(answer.split())
     return {
         "id": f"beethoven/{split}/{i:05d}",

@@ -43,6 +43,19 @@ def run_command(
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="What the student learns from: sft, kd or onpolicy.")
+    ] = None,
+    teacher_model: Annotated[
+        str | None, typer.Option(help="kd/onpolicy: a local teacher with the student's tokenizer.")
+    ] = None,
+    logprobs: Annotated[
+        int | None, typer.Option(min=1, help="Ask the endpoint for its top-K logprobs (for kd).")
+    ] = None,
+    keep_loops: Annotated[
+        bool | None,
+        typer.Option("--keep-loops/--drop-loops", help="Train on teacher answers that loop."),
+    ] = None,
     max_heldout: Annotated[int | None, typer.Option(help="Held-out prompts to evaluate.")] = None,
     judge: Annotated[
         bool | None, typer.Option("--judge/--no-judge", help="Score answers with an LLM judge.")
@@ -73,6 +86,7 @@ def run_command(
     flags: dict[str, Any] = {
         "sample": {
             "n": n,
+            "logprobs": logprobs,
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
                 "base_url": base_url,
@@ -85,7 +99,15 @@ def run_command(
             },
         },
         "student": {"model": student, "dtype": dtype},
-        "train": {"epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r},
+        "datums": {"keep_loops": keep_loops},
+        "train": {
+            "epochs": epochs,
+            "steps": steps,
+            "lr": lr,
+            "lora_r": lora_r,
+            "objective": objective,
+            "teacher_model": teacher_model,
+        },  # fmt: skip
         "eval": {
             "max_heldout": max_heldout,
             "price_in": price_in,

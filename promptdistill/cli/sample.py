@@ -56,6 +56,14 @@ def sample(
         bool, typer.Option(help="Also answer the persona's held-out prompts (eval needs them).")
     ] = True,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries per prompt.")] = 8,
+    logprobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Also store the teacher's top-K logprobs of every answer token (for "
+            "`train --objective kd`; OpenAI allows up to 20).",
+        ),
+    ] = None,
     log_every: Annotated[
         float, typer.Option(help="Seconds between progress lines when stdout is not a terminal.")
     ] = 5.0,
@@ -81,6 +89,7 @@ def sample(
         "n": n,
         "seed": prompt_seed,
         "include_heldout": heldout,
+        "logprobs": logprobs,
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {

@@ -59,6 +59,36 @@ def train(
     val_fraction: Annotated[
         float | None, typer.Option(help="Share of samples kept for validation (default 0.1).")
     ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="sft (the teacher's sampled tokens, default), kd (its whole next-token "
+            "distribution) or onpolicy (the student's own answers, scored by the teacher)."
+        ),
+    ] = None,
+    ce_weight: Annotated[
+        float | None, typer.Option(help="kd: add this times the NLL of the sampled token.")
+    ] = None,
+    hidden_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="kd: add this times an MSE on the last hidden states (same-size teacher)."
+        ),
+    ] = None,
+    onpolicy_fraction: Annotated[
+        float | None,
+        typer.Option(help="onpolicy: the share of each step the student answers (rest: kd)."),
+    ] = None,
+    teacher_model: Annotated[
+        str | None,
+        typer.Option(help="kd/onpolicy: a local teacher model with the student's tokenizer."),
+    ] = None,
+    keep_loops: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-loops/--drop-loops", help="Train on teacher answers that loop (default: drop)."
+        ),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Discard checkpoints and adapter; start over.")
     ] = False,
@@ -74,13 +104,18 @@ def train(
     run_dir = RunDir(run).require()
     flags = {
         "student": {"model": student, "dtype": dtype},
-        "datums": {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction},
+        "datums": {
+            "max_len": max_len, "overlong": overlong, "val_fraction": val_fraction,
+            "keep_loops": keep_loops,
+        },
         "train": {
             "epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r,
             "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
             "target_modules": target_modules, "batch_tokens": batch_tokens,
             "grad_accum": grad_accum, "warmup": warmup, "schedule": schedule,
             "save_every": save_every, "eval_every": eval_every, "seed": seed,
+            "objective": objective, "ce_weight": ce_weight, "hidden_weight": hidden_weight,
+            "onpolicy_fraction": onpolicy_fraction, "teacher_model": teacher_model,
         },
     }  # fmt: skip
     student_cfg, datum_cfg, train_cfg = resolve_configs(run_dir, flags, fresh=fresh)

@@ -97,6 +97,12 @@ class ChatResult:
     usage: dict[str, Any]
     latency_s: float
     model: str | None
+    # with `logprobs: true, top_logprobs: K`: per answer token [token, logprob, [[alt, lp], ...]]
+    logprobs: list[list[Any]] | None = None
+    # with vLLM's `prompt_logprobs: K`: per prompt token {token id: {"logprob": ...}} (None for
+    # the first), and the prompt's token ids
+    prompt_logprobs: list[Any] | None = None
+    prompt_token_ids: list[int] | None = None
 
 
 def normalize_base_url(url: str) -> str:
@@ -245,7 +251,9 @@ class Transport:
         latency = time.perf_counter() - start
         if status != 200:
             self._raise_for_status(status, raw, headers)
-        return self._parse(raw, latency)
+        if "prompt_logprobs" in body:
+            return self._parse_scored(raw, latency)
+        return self._parse(raw, latency, bool(body.get("logprobs")))
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[StreamDelta]:
         """The same request with `stream: true`, one `StreamDelta` per server-sent event.
@@ -347,7 +355,26 @@ class Transport:
             )
         raise PromptError(f"{status}: {detail}", status)
 
-    def _parse(self, raw: bytes, latency: float) -> ChatResult:
+    def _parse_scored(self, raw: bytes, latency: float) -> ChatResult:
+        """A request that scores a given answer (`prompt_logprobs`, `max_tokens` 1): its
+        content does not matter, its prompt logprobs do."""
+        try:
+            data = orjson.loads(raw)
+            logprobs, ids = _parse_scored_body(data)
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            raise RetryableError("malformed response body", "body") from None
+        if not isinstance(logprobs, list) or not isinstance(ids, list):
+            raise FatalError(
+                f"{self.public_url} returned no prompt_logprobs / prompt_token_ids, so it cannot "
+                "score the student's answers (OpenAI and `transformers serve` cannot; vLLM "
+                "can); pass --teacher-model PATH to score them in process"
+            )
+        return ChatResult(
+            content="", finish_reason=None, usage=data.get("usage") or {}, latency_s=latency,
+            model=data.get("model"), prompt_logprobs=logprobs, prompt_token_ids=ids,
+        )  # fmt: skip
+
+    def _parse(self, raw: bytes, latency: float, logprobs: bool = False) -> ChatResult:
         try:
             data = orjson.loads(raw)
             choice = data["choices"][0]
@@ -355,6 +382,7 @@ class Transport:
             content = message.get("content")
             finish_reason = choice.get("finish_reason")
             usage = data.get("usage") or {}
+            tokens = ((choice.get("logprobs") or {}).get("content")) if logprobs else None
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise RetryableError(
                 "malformed response body (not an OpenAI chat completion)", "body"
@@ -363,13 +391,46 @@ class Transport:
             raise RetryableError("the endpoint's content filter withheld the answer", "content")
         if not isinstance(content, str) or not content.strip():
             raise RetryableError("empty answer", "content")
+        if logprobs and not tokens:
+            raise FatalError(
+                f"{self.public_url} answered without the logprobs that --logprobs asked for "
+                "(`transformers serve` ignores `logprobs`); use an endpoint that returns them "
+                "(OpenAI, vLLM), or sample without --logprobs and train --objective kd with a "
+                "local teacher (--teacher-model)"
+            )
         return ChatResult(
             content=content,
             finish_reason=finish_reason,
             usage=usage,
             latency_s=latency,
             model=data.get("model"),
+            logprobs=compact_logprobs(tokens) if tokens else None,
         )
+
+
+def _parse_scored_body(data: Any) -> tuple[Any, Any]:
+    """vLLM puts `prompt_logprobs` and `prompt_token_ids` at the top level of the response
+    (older versions: in the first choice)."""
+    choice = (data.get("choices") or [{}])[0] if isinstance(data, dict) else {}
+    logprobs = data.get("prompt_logprobs") or choice.get("prompt_logprobs")
+    ids = data.get("prompt_token_ids") or choice.get("prompt_token_ids")
+    return logprobs, ids
+
+
+def compact_logprobs(content: list[Any]) -> list[list[Any]]:
+    """OpenAI's `logprobs.content` (one object per answer token, with `top_logprobs`) as
+    [token, logprob, [[alternative, logprob], ...]] per token: a third of the JSON. A token
+    whose text is not whole characters keeps its `bytes` as a fourth element."""
+    out: list[list[Any]] = []
+    for t in content:
+        if not isinstance(t, dict) or "token" not in t or "logprob" not in t:
+            raise RetryableError("malformed logprobs in the answer", "body")
+        top = [[a.get("token"), a.get("logprob")] for a in t.get("top_logprobs") or []]
+        entry: list[Any] = [t["token"], t["logprob"], top]
+        if "\ufffd" in str(t["token"]) and t.get("bytes") is not None:
+            entry.append(t["bytes"])
+        out.append(entry)
+    return out
 
 
 def chat_body(

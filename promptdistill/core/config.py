@@ -132,6 +132,9 @@ class SampleConfig(StrictModel):
     include_heldout: bool = True
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    # issue #13: ask the endpoint for the top-K logprobs of every answer token (OpenAI allows
+    # up to 20, vLLM up to its --max-logprobs), stored beside each sample for `train --objective kd`
+    logprobs: int | None = Field(None, ge=1, le=100)
 
 
 class StudentConfig(StrictModel):
@@ -145,6 +148,9 @@ class DatumConfig(StrictModel):
     max_len: int = Field(1024, ge=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # issue #13: teacher answers that loop (the same word 4-gram three or more times) or are
+    # empty are dropped and counted, unless this is set
+    keep_loops: bool = False
 
 
 class TrainConfig(StrictModel):
@@ -168,6 +174,19 @@ class TrainConfig(StrictModel):
     eval_examples: int = Field(256, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     batching: Literal["auto", "pad", "pack"] = "auto"
+    # issue #13: what the student learns from (training/objectives.py)
+    # - sft: the teacher's sampled tokens (weighted NLL);
+    # - kd: the teacher's next-token distribution at every answer token (forward KL), plus
+    #   ce_weight x the NLL and hidden_weight x an MSE on the last hidden states;
+    # - onpolicy: the student answers the prompts itself and the teacher scores every token
+    #   (reverse KL); a share onpolicy_fraction of each step, the rest is kd.
+    objective: Literal["sft", "kd", "onpolicy"] = "sft"
+    ce_weight: float = Field(0.0, ge=0.0)
+    hidden_weight: float = Field(0.0, ge=0.0)
+    onpolicy_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # another local model as the teacher (it must share the student's tokenizer); None: the
+    # run's teacher (the student's own base model with the system prompt, by default)
+    teacher_model: str | None = None
 
 
 # --------------------------------------------------------------------------- eval (issue #6)

@@ -24,6 +24,9 @@ Choices, each tested in tests/test_datums.py:
 - Examples longer than `max_len` are cut from the right (`truncate`) or dropped (`drop`).
 - Train/validation split by a hash of the record id: stable as samples are added. Records whose
   sampler split is "heldout" are never used here (they are the evaluation set).
+- Teacher answers that are empty, or that loop (the same word 4-gram three or more times,
+  core/text.py), are dropped and counted (`keep_loops` keeps the loops): a student fed loops
+  learns to loop, and amplifies them (issue #13).
 
 The arrays and their files: datums/store.py.
 """
@@ -39,6 +42,7 @@ import numpy as np
 
 from promptdistill.core.config import DatumConfig
 from promptdistill.core.errors import UserError
+from promptdistill.core.text import loops
 from promptdistill.models.chat import Renderer
 
 SPLITS = ("train", "val")
@@ -53,6 +57,9 @@ class Datum:
     tokens: list[int]
     weights: list[float]
     truncated: bool = False
+    # the endpoint's top-K logprobs, aligned with `tokens` (empty lists where there are none)
+    top_ids: list[list[int]] | None = None
+    top_logp: list[list[float]] | None = None
 
 
 # --------------------------------------------------------------------------- one conversation
@@ -140,6 +147,38 @@ def scored_example(
     return prompt + datum.tokens[len(bare) :], [0.0] * len(prompt) + datum.weights[len(bare) :]
 
 
+def attach_logprobs(
+    d: Datum, logprobs: list[list[Any]], renderer: Renderer, record_id: str
+) -> None:
+    """Put an endpoint's top-K logprobs (sampling/sample.py's compact form) on the datum's last
+    answer, token by token. They are usable only if the teacher's tokens are the student's: a
+    token that differs is a UserError. Answer positions the endpoint gave nothing for (its
+    end-of-turn token) get the sampled token with probability 1."""
+    starts = [i for i in range(1, len(d.weights)) if d.weights[i] > 0 and d.weights[i - 1] == 0]
+    a = starts[-1] if starts else 0
+    top_ids: list[list[int]] = [[] for _ in d.tokens]
+    top_logp: list[list[float]] = [[] for _ in d.tokens]
+    for j, entry in enumerate(logprobs[: max(0, len(d.tokens) - a)]):
+        student = renderer.token_text(d.tokens[a + j])
+        if str(entry[0]) != student:
+            raise UserError(
+                f"sample {record_id!r}: the teacher's answer token {j} is {entry[0]!r} where the "
+                f"student's tokenizer has {student!r}: the teacher's tokens are not the "
+                "student's, so its logprobs cannot be used; use a student with the teacher's "
+                "tokenizer (the same model family), or --objective sft"
+            )
+        alternatives = [(renderer.id_of_text(str(t)), float(lp)) for t, lp in entry[2]]
+        known = [(i, lp) for i, lp in alternatives if i is not None]
+        if not any(i == d.tokens[a + j] for i, _ in known):
+            known.append((d.tokens[a + j], float(entry[1])))
+        top_ids[a + j] = [i for i, _ in known]
+        top_logp[a + j] = [lp for _, lp in known]
+    for i, w in enumerate(d.weights):
+        if w > 0 and not top_ids[i]:
+            top_ids[i], top_logp[i] = [d.tokens[i]], [0.0]
+    d.top_ids, d.top_logp = top_ids, top_logp
+
+
 # --------------------------------------------------------------------------- the whole run
 
 
@@ -159,6 +198,9 @@ def build_datums(
         "truncated": 0,
         "dropped": 0,
         "teacher_truncated": 0,
+        "empty": 0,  # an assistant answer with no text: nothing to learn but silence
+        "loops": 0,  # an answer that loops (core/text.py), dropped unless keep_loops
+        "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
     }
     for r in records:
         counts["records"] += 1
@@ -171,6 +213,17 @@ def build_datums(
             continue
         seen.add(rid)
         messages = r.get("messages") or []
+        answers = [
+            m.get("content")
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "assistant"
+        ]
+        if any(not isinstance(a, str) or not a.strip() for a in answers):
+            counts["empty"] += 1
+            continue
+        if not cfg.keep_loops and any(loops(str(a)) for a in answers):
+            counts["loops"] += 1
+            continue
         teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
         try:
             d = conversation_to_datum(
@@ -185,6 +238,9 @@ def build_datums(
             counts["invalid"] += 1
             continue
         counts["teacher_truncated"] += teacher_cut
+        if isinstance(r.get("logprobs"), list):
+            attach_logprobs(d, r["logprobs"], renderer, rid)
+            counts["with_logprobs"] += 1
         if len(d.tokens) > cfg.max_len:
             if cfg.overlong == "drop" or not any(d.weights[: cfg.max_len]):
                 counts["dropped"] += 1
@@ -194,6 +250,8 @@ def build_datums(
                 d.weights[: cfg.max_len],
                 True,
             )
+            if d.top_ids is not None and d.top_logp is not None:
+                d.top_ids, d.top_logp = d.top_ids[: cfg.max_len], d.top_logp[: cfg.max_len]
             counts["truncated"] += 1
         systems = "\n".join(m["content"] for m in messages if m.get("role") == "system")
         if systems not in removed_cache:

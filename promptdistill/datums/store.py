@@ -25,7 +25,7 @@ from promptdistill.datums.build import SPLITS, Datum, build_datums
 from promptdistill.models.chat import Renderer
 
 DATA_FILE = "datums.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: empty and looping teacher answers are dropped (issue #13)
 
 
 @dataclass(kw_only=True)
@@ -38,6 +38,10 @@ class Datums:
     split: np.ndarray  # uint8 [n]; index into SPLITS
     ids: list[str]
     stats: dict[str, Any] = field(default_factory=dict)
+    # the endpoint's top-K logprobs (sample --logprobs K), aligned with `tokens`: row i is its
+    # distribution over tokens[i]; ids -1 where there is none (prompt tokens)
+    top_ids: np.ndarray | None = None  # int32 [total, K]
+    top_logp: np.ndarray | None = None  # float16 [total, K]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,6 +83,15 @@ def to_arrays(datums: list[Datum], stats: dict[str, Any]) -> Datums:
     np.cumsum(lengths, out=offsets[1:])
     flat_t = [t for d in datums for t in d.tokens]
     flat_w = [w for d in datums for w in d.weights]
+    top_ids = top_logp = None
+    k = max((len(row) for d in datums for row in d.top_ids or []), default=0)
+    if k:  # every datum has them (build_datums keeps only such datums when some do)
+        top_ids = np.full((len(flat_t), k), -1, dtype=np.int32)
+        top_logp = np.zeros((len(flat_t), k), dtype=np.float16)
+        for d, start in zip(datums, offsets[:-1].tolist(), strict=True):
+            for j, (ids, lps) in enumerate(zip(d.top_ids or [], d.top_logp or [], strict=True)):
+                top_ids[start + j, : len(ids)] = ids
+                top_logp[start + j, : len(lps)] = lps
     return Datums(
         tokens=np.asarray(flat_t, dtype=np.int32),
         weights=np.asarray(flat_w, dtype=np.float32),
@@ -86,6 +99,8 @@ def to_arrays(datums: list[Datum], stats: dict[str, Any]) -> Datums:
         split=np.asarray([SPLITS.index(d.split) for d in datums], dtype=np.uint8),
         ids=[d.id for d in datums],
         stats=stats,
+        top_ids=top_ids,
+        top_logp=top_logp,
     )
 
 
@@ -96,13 +111,16 @@ def save_datums(out_dir: Path, data: Datums, fp: str) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        arrays = {
+            "tokens": data.tokens,
+            "weights": data.weights,
+            "offsets": data.offsets,
+            "split": data.split,
+        }
+        if data.top_ids is not None and data.top_logp is not None:
+            arrays |= {"top_ids": data.top_ids, "top_logp": data.top_logp}
         save_file(
-            {
-                "tokens": data.tokens,
-                "weights": data.weights,
-                "offsets": data.offsets,
-                "split": data.split,
-            },
+            arrays,
             str(tmp / DATA_FILE),
             metadata={"format_version": str(FORMAT_VERSION)},
         )
@@ -130,6 +148,8 @@ def load_datums(out_dir: Path) -> Datums:
         split=arrays["split"],
         ids=list(index["ids"]),
         stats=stats,
+        top_ids=arrays.get("top_ids"),
+        top_logp=arrays.get("top_logp"),
     )
 
 

@@ -25,6 +25,7 @@ import orjson
 from promptdistill.core.config import EvalConfig
 from promptdistill.core.errors import UserError
 from promptdistill.core.rundir import RunDir
+from promptdistill.core.text import loops
 from promptdistill.evaluation.endpoint import measure_endpoint
 from promptdistill.evaluation.inputs import RunInputs, load_inputs
 from promptdistill.evaluation.local import LocalResults, Phase, measure_local
@@ -103,7 +104,8 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     measured = Measured(
         description=persona.description, nll=nll, effect=effect, agreement=agreement, task=task,
         classifier=classifier, judge=endpoint.judge, efficiency=efficiency,
-        max_new_tokens=max_new, seconds=time.perf_counter() - t0, notes=notes,
+        max_new_tokens=max_new, seconds=time.perf_counter() - t0,
+        kl=kl_summary(local, notes), loops=loop_rates(texts), notes=notes,
     )  # fmt: skip
     rows = answer_rows(heldout, local, per_answer, endpoint.scores, cls_probs, cfg.answer_pattern)
     return Outcome(report=assemble(inputs, cfg, measured), answers=rows)
@@ -138,6 +140,39 @@ def likelihood(
             "(|gap| < 0.001 nats/token), so the ratio is undefined"
         )
     return nll, effect
+
+
+def kl_summary(local: LocalResults, notes: dict[str, str]) -> dict[str, Any]:
+    """Held-out KL(teacher || student) and KL(teacher || base) per answer token, pooled, on the
+    whole next-token distributions: what distillation minimises, measured directly."""
+    if local.kl_student is None or local.kl_base is None or local.nll_with is None:
+        notes["kl"] = (
+            "the teacher is not the student's base model run locally, so its whole "
+            "distribution is not at hand"
+        )
+        return {}
+    tokens = [s.tokens for s in local.nll_with]
+    total = max(1, sum(tokens))
+    return {
+        "student": sum(local.kl_student) / total,
+        "base": sum(local.kl_base) / total,
+        "tokens": total,
+        "student_per_answer": mean_ci(
+            [k / max(1, n) for k, n in zip(local.kl_student, tokens, strict=True)]
+        ).as_dict(),
+        "base_per_answer": mean_ci(
+            [k / max(1, n) for k, n in zip(local.kl_base, tokens, strict=True)]
+        ).as_dict(),
+        "unit": "nats per answer token",
+    }
+
+
+def loop_rates(texts: dict[str, list[str]]) -> dict[str, Any]:
+    """The share of each model's held-out answers that loop (core/text.py; sampled for the
+    student and base, as the teacher's were)."""
+    return {
+        m: mean_ci([float(loops(t)) for t in answers]).as_dict() for m, answers in texts.items()
+    }
 
 
 def text_agreement(

@@ -27,9 +27,10 @@ from promptdistill.datums.build import scored_example
 from promptdistill.evaluation.inputs import Item, RunInputs
 from promptdistill.evaluation.latency import Timing, time_local
 from promptdistill.evaluation.metrics import mean_ci
-from promptdistill.evaluation.scoring import ScoredText, score_nll
+from promptdistill.evaluation.scoring import ScoredText, kl_sums, score_nll
 from promptdistill.models.chat import Message, Renderer
 from promptdistill.models.generate import generate
+from promptdistill.training.objectives import head_weight
 
 Say = Callable[[str], None]
 DECODINGS = ("greedy", "sampled")
@@ -49,7 +50,11 @@ class LocalResults:
     nll_student: list[ScoredText]
     nll_base: list[ScoredText]
     nll_with: list[ScoredText] | None  # the base *with* the system prompt (the teacher)
+    # per held-out answer, the summed KL(teacher || student) and KL(teacher || base) of the
+    # next-token distributions at its answer tokens (when the teacher is the base + prompt)
+    kl_student: list[float] | None
     answers: dict[tuple[str, str], list[LocalAnswer]]  # (model, decoding) -> answers
+    kl_base: list[float] | None
     base_train: list[LocalAnswer]  # base answers to the classifier's train prompts
     saved_per_prompt: list[int]  # system-prompt tokens the student does not need
     efficiency: dict[str, Any] = field(default_factory=dict)
@@ -103,10 +108,10 @@ def measure_local(
     name = inputs.student.model
 
     def score(model: Any, messages: Callable[[Item], list[Message]]) -> list[ScoredText]:
-        return score_nll(
-            model,
-            [scored_example(renderer, messages(i), i.teacher, i.truncated, name) for i in heldout],
-        )
+        examples = [
+            scored_example(renderer, messages(i), i.teacher, i.truncated, name) for i in heldout
+        ]
+        return score_nll(model, examples, keep_hidden=with_prompt_nll)
 
     # ---- 1. the student alone: NLL (unmerged, exact), then merged: latency and peak memory
     student = load_student(name, inputs.adapter, inputs.student.dtype, device)
@@ -140,6 +145,12 @@ def measure_local(
         nll_with = (
             score(base, lambda i: with_system(i.system, i.prompt)) if with_prompt_nll else None
         )
+    kl_student = kl_base = None
+    if nll_with is not None:  # the teacher's whole distribution is at hand: the direct measure
+        with Phase(say, "KL(teacher || student) and KL(teacher || base)"):
+            head = head_weight(base)
+            kl_student = kl_sums(nll_with, nll_student, head)
+            kl_base = kl_sums(nll_with, nll_base, head)
 
     # ---- 3. answers of student and base, greedy and sampled, and base answers for the classifier
     def answer(model: Any, prompts: list[str], sample: bool) -> list[LocalAnswer]:
@@ -175,6 +186,8 @@ def measure_local(
         nll_student=nll_student,
         nll_base=nll_base,
         nll_with=nll_with,
+        kl_student=kl_student,
+        kl_base=kl_base,
         answers=answers,
         base_train=base_train,
         saved_per_prompt=[removed[i.system] for i in heldout],

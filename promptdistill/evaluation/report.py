@@ -31,6 +31,8 @@ MODELS = ("teacher", "student", "base")
 
 # summary key -> (label, which direction is better, format)
 SUMMARY_ROWS: dict[str, tuple[str, str, str]] = {
+    "kl_student": ("KL(teacher || student), nats/token", "lower", "{:.4f}"),
+    "kl_base": ("KL(teacher || base), nats/token", "lower", "{:.4f}"),
     "prompt_effect_recovered": ("prompt effect recovered", "higher", "{:.3f}"),
     "nll_student": ("NLL student (nats/token)", "lower", "{:.4f}"),
     "nll_base": ("NLL base, no prompt", "lower", "{:.4f}"),
@@ -57,6 +59,9 @@ SUMMARY_ROWS: dict[str, tuple[str, str, str]] = {
     "teacher_ttft_s": ("teacher time to first token (s)", "lower", "{:.3f}"),
     "student_peak_rss_mb": ("student peak RSS (MB)", "lower", "{:,.0f}"),
     "adapter_mb": ("adapter size (MB)", "lower", "{:.2f}"),
+    "loop_rate_student": ("answers that loop: student", "lower", "{:.1%}"),
+    "loop_rate_teacher": ("answers that loop: teacher", "lower", "{:.1%}"),
+    "loop_rate_base": ("answers that loop: base", "lower", "{:.1%}"),
     "heldout_prompts": ("held-out prompts", "", "{:d}"),
 }
 
@@ -135,7 +140,14 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             return "—"
         return f"{d['nll']:.4f} (ppl {d['perplexity']:.2f})"
 
+    kl = dig(report, "likelihood", "kl") or {}
     rows = [
+        (
+            "KL(teacher || model), nats/token",
+            "(reference)",
+            _ci(kl.get("student_per_answer"), "{:.4f}") if kl else "—",
+            _ci(kl.get("base_per_answer"), "{:.4f}") if kl else "—",
+        ),
         (
             "NLL of the teacher's answers",
             nll("base_withprompt") + " ¹",
@@ -159,6 +171,8 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows.append(("judge, in character (1-10)", j[0], j[1], j[2]))
     c = [fmt("persona_classifier_teacher", s.get(f"persona_classifier_{m}")) for m in MODELS]
     rows.append(("classifier: placed with teacher", c[0], c[1], c[2]))
+    loops = [fmt("loop_rate_student", s.get(f"loop_rate_{m}")) for m in MODELS]
+    rows.append(("answers that loop", loops[0], loops[1], loops[2]))
     if task:
         for metric in ("final_answer_accuracy", "exact_match", "token_f1"):
             rows.append(
@@ -221,7 +235,8 @@ def render_markdown(report: dict[str, Any], answers: Sequence[dict[str, Any]]) -
         f"# Evaluation of `{Path(report['run']).name}`",
         "",
         f"- persona: **{dig(report, 'persona', 'name')}**: {dig(report, 'persona', 'description')}",  # noqa: E501
-        f"- student: `{dig(report, 'student', 'model')}` + adapter, no system prompt",
+        f"- student: `{dig(report, 'student', 'model')}` + adapter, no system prompt; trained "
+        f"with `--objective {dig(report, 'student', 'objective') or 'sft'}`",
         f"- teacher: `{dig(report, 'teacher', 'model')}` at "
         f"{dig(report, 'teacher', 'base_url') or 'the embedded local teacher'}, with the system prompt",  # noqa: E501
         f"- held-out prompts: {h.get('prompts')} ({h.get('fixed')} fixed, {h.get('validation')} "
@@ -231,6 +246,8 @@ def render_markdown(report: dict[str, Any], answers: Sequence[dict[str, Any]]) -
         f"**Prompt effect recovered: {fmt('prompt_effect_recovered', s.get('prompt_effect_recovered'))}**"  # noqa: E501
         " (1 = the student without the prompt explains the teacher's answers as well as the base"
         " model with it; 0 = no better than the base without it).",
+        "",
+        kl_line(s),
         "",
         "## Teacher, student and base",
         "",
@@ -267,6 +284,19 @@ def render_markdown(report: dict[str, Any], answers: Sequence[dict[str, Any]]) -
     return "\n".join(lines) + "\n"
 
 
+def kl_line(s: dict[str, Any]) -> str:
+    """The primary number: how far the student's next-token distribution is from the
+    teacher's on held-out answers, against the base's (docs/eval.md)."""
+    student, base = s.get("kl_student"), s.get("kl_base")
+    if student is None or base is None:
+        return "KL(teacher || student): not measured (the teacher is not a local model)"
+    ratio = f", {student / base:.2f}x the base's" if base else ""
+    return (
+        f"**KL(teacher || student): {student:.4f} nats/token{ratio} ({base:.4f})** "
+        "(0 = the student's next-token distribution is the prompted teacher's)"
+    )
+
+
 # --------------------------------------------------------------------------- terminal
 
 
@@ -289,6 +319,7 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         f"[bold]prompt effect recovered: "
         f"{fmt('prompt_effect_recovered', s.get('prompt_effect_recovered'))}[/]"
     )
+    console.print(kl_line(s).replace("**", ""), soft_wrap=True)
     # one line per reason, naming every key it explains
     by_reason: dict[str, list[str]] = {}
     for key, why in (report.get("notes") or {}).items():

@@ -48,6 +48,8 @@ class Measured:
     efficiency: dict[str, Any]
     max_new_tokens: int
     seconds: float
+    kl: dict[str, Any] = field(default_factory=dict)  # KL(teacher || student / base)
+    loops: dict[str, Any] = field(default_factory=dict)  # loop rates per model
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -160,6 +162,8 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
     classifier, effect = m.classifier, m.effect
     shares = dig(classifier, "share_placed_with_teacher") or {}
     summary: dict[str, Any] = {
+        "kl_student": m.kl.get("student"),
+        "kl_base": m.kl.get("base"),
         "prompt_effect_recovered": effect,
         "nll_student": agg["student"].nll,
         "nll_base": agg["base"].nll,
@@ -188,6 +192,9 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "teacher_ttft_s": dig(efficiency, "teacher_latency", "ttft_s", "mean"),
         "student_peak_rss_mb": efficiency.get("student_peak_rss_mb"),
         "adapter_mb": efficiency["adapter_bytes"] / 1e6,
+        "loop_rate_student": dig(m.loops, "student", "mean"),
+        "loop_rate_teacher": dig(m.loops, "teacher", "mean"),
+        "loop_rate_base": dig(m.loops, "base", "mean"),
         "heldout_prompts": len(inputs.heldout),
     }
     # every null headline number says why it is null
@@ -199,6 +206,7 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "teacher_": "teacher_latency",
         "student_tokens": "student_tokens_per_s",
         "student_ttft": "student_tokens_per_s",
+        "kl_": "kl",
     }
     if "judge" not in notes and "judge_missing" in notes:
         notes["judge"] = notes["judge_missing"]
@@ -213,7 +221,11 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(m.seconds, 1),
         "persona": {"name": inputs.sample.persona, "description": m.description},
-        "student": {"model": inputs.student.model, "adapter": str(inputs.adapter)},
+        "student": {
+            "model": inputs.student.model,
+            "adapter": str(inputs.adapter),
+            "objective": dig(inputs.run.stage_config("train"), "train", "objective") or "sft",
+        },
         "teacher": {
             "base_url": redact_url(teacher.base_url) if teacher.base_url else None,
             "model": teacher.model,
@@ -235,7 +247,9 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
             "prompt_effect_recovered": effect,
             "formula": "(NLL_base_noprompt - NLL_student) / (NLL_base_noprompt - "
             "NLL_base_withprompt), nats per answer token",
+            "kl": m.kl,
         },
+        "loops": m.loops,
         "text_agreement": agreement,
         "persona_fidelity": {"judge": judge, "classifier": classifier},
         "task": task,

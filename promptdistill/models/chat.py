@@ -24,6 +24,12 @@ class Renderer:
         self.stop_ids = sorted(end_of_turn_ids(tokenizer))
         pad = tokenizer.pad_token_id
         self.pad_id: int = int(pad) if pad is not None else self.stop_ids[0]
+        self._by_text: dict[str, int] | None = None
+        # special tokens that are not an end of turn: an answer that holds one does not read
+        # back as the same tokens, so generated answers that are sent on never contain one
+        special = {int(i) for i in tokenizer.all_special_ids}
+        special |= {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        self.inner_special_ids = sorted(special - set(self.stop_ids))
 
     def tokens(self, messages: Sequence[Message], generation_prompt: bool) -> list[int]:
         """The conversation's token ids; with `generation_prompt`, followed by the assistant
@@ -47,6 +53,18 @@ class Renderer:
         user = [{"role": "user", "content": "x"}]
         with_system = self.tokens([{"role": "system", "content": system}, *user], False)
         return len(with_system) - len(self.tokens(user, False))
+
+    def token_text(self, token: int) -> str:
+        """One token's text, as OpenAI-style endpoints name tokens in their logprobs."""
+        return str(self.tokenizer.decode([token]))
+
+    def id_of_text(self, text: str) -> int | None:
+        """The token whose text is `text` (the first one, where several decode alike)."""
+        if self._by_text is None:
+            self._by_text = {}
+            for i in range(len(self.tokenizer)):
+                self._by_text.setdefault(self.token_text(i), i)
+        return self._by_text.get(text)
 
     def count(self, text: str) -> int:
         """Tokens in plain text (no template, no special tokens)."""

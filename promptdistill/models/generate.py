@@ -46,12 +46,15 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = 0,
     batch_size: int = 16,
+    suppress_ids: Sequence[int] = (),
     on_step: OnStep | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Generated]:
     """Answer each prompt (token ids ending in the assistant header). temperature 0: greedy.
-    `seed` None draws a fresh seed. `on_step` rows are indices into `prompts`."""
+    `seed` None draws a fresh seed. `suppress_ids` are never generated (special tokens other
+    than the end of turn, for answers that must read back as text). `on_step` rows are indices
+    into `prompts`."""
     import torch
 
     device = next(model.parameters()).device
@@ -77,7 +80,7 @@ def generate(
             seqs_BS = model.generate(
                 input_ids=ids_BT.to(device),
                 attention_mask=attn_BT.to(device),
-                generation_config=_config(model, max_new_tokens, stop_ids, pad_id),
+                generation_config=_config(model, max_new_tokens, stop_ids, pad_id, suppress_ids),
                 logits_processor=processors,
                 stopping_criteria=[watch],
             )
@@ -99,7 +102,13 @@ def _batch_seed(seed: int | None, batch: int) -> int | None:
     return None if seed is None else seed * 100_003 + batch
 
 
-def _config(model: Any, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int) -> Any:
+def _config(
+    model: Any,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    suppress_ids: Sequence[int] = (),
+) -> Any:
     """A fresh GenerationConfig: greedy over the scores our sampler leaves (the model's own
     generation_config may say do_sample=True, see models/resolve.py)."""
     from transformers import GenerationConfig
@@ -110,6 +119,7 @@ def _config(model: Any, max_new_tokens: int, stop_ids: Sequence[int], pad_id: in
         eos_token_id=[int(i) for i in stop_ids] or None,
         pad_token_id=pad_id,
         bos_token_id=model.generation_config.bos_token_id,
+        suppress_tokens=[int(i) for i in suppress_ids] or None,
     )
 
 

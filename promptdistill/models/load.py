@@ -113,6 +113,7 @@ def load_causal_lm(
             f"weights: re-save the model with save_pretrained(safe_serialization=True)"
         )
     torch_dtype = resolve_dtype(dtype, device)
+    quiet_transformers()
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
@@ -155,3 +156,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def quiet_transformers() -> None:
+    """No progress bars and no deprecation notes from transformers and PEFT on the user's
+    terminal: they would break up our one-line messages and live displays."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="peft")

@@ -33,22 +33,50 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
+# Settings added after runs were made with the defaults they now have: left out of the hash at
+# those defaults, so the fingerprints of earlier runs stay as they were.
+LATER_FIELDS = (
+    "objective",
+    "ce_weight",
+    "hidden_weight",
+    "onpolicy_fraction",
+    "teacher_model",
+    "keep_loops",
+)
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    data: dict[str, Any] = model.model_dump()
+    for name in LATER_FIELDS:
+        if name in data and data[name] == type(model).model_fields[name].default:
+            del data[name]
+    return data
+
+
 def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
     """What each stage's outputs depend on. Throughput knobs (concurrency, rate limits,
     timeouts) and the number of prompts are left out of `sample`: asking for more prompts
     extends the samples, it does not invalidate them. They do invalidate training."""
     s = cfg.sample
-    sample_fp = _hash(
-        "sample", s.persona, s.seed, s.sampling.model_dump(), s.teacher.base_url, s.teacher.model
-    )
+    sample_parts = [
+        "sample",
+        s.persona,
+        s.seed,
+        s.sampling.model_dump(),
+        s.teacher.base_url,
+        s.teacher.model,
+    ]
+    if s.logprobs is not None:  # samples with the teacher's logprobs are other samples
+        sample_parts.append(s.logprobs)
+    sample_fp = _hash(*sample_parts)
     train_parts = [
         "train",
         sample_fp,
         s.n,
         s.include_heldout,
         cfg.student.model_dump(),
-        cfg.datums.model_dump(),
-        cfg.train.model_dump(),
+        _dump(cfg.datums),
+        _dump(cfg.train),
     ]
     if cfg.stream:  # only then, so the fingerprints of earlier runs stay as they were
         train_parts.append("stream")

@@ -45,7 +45,7 @@ from promptdistill.sampling.summary import SampleSummary
 STAGE = "sample"
 # fields of the recorded stage config that must match for a run to grow
 _MUST_MATCH = ("persona", "seed", "teacher.model", "sampling.temperature", "sampling.top_p",
-               "sampling.max_tokens", "sampling.seed")  # fmt: skip
+               "sampling.max_tokens", "sampling.seed", "logprobs")  # fmt: skip
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
@@ -145,6 +145,11 @@ def sample_run(
     started = time.monotonic()
     console = console or Console(highlight=False)
     say = log or (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
+    if config.logprobs and config.teacher.base_url is None:
+        raise UserError(
+            "--logprobs: the embedded local teacher (transformers serve) returns no logprobs, "
+            "and needs none: `train --objective kd` reads its whole distribution in process"
+        )
     persona = persona or _load_persona(config.persona)
     prompts = expand_prompts(persona, config.n, config.seed)
     if config.include_heldout:
@@ -225,6 +230,7 @@ class _Records:
                 "latency_s": round(r.latency_s, 4),
                 "attempts": attempts,
                 "teacher": self.teacher_info,
+                **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
             }
         )
 
@@ -307,7 +313,10 @@ async def _sample_async(
     limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
 
     def body(job: Job) -> dict[str, Any]:
-        return chat_body(model, job.messages, s.temperature, s.top_p, s.max_tokens, s.seed)
+        out = chat_body(model, job.messages, s.temperature, s.top_p, s.max_tokens, s.seed)
+        if config.logprobs:
+            out |= {"logprobs": True, "top_logprobs": config.logprobs}
+        return out
 
     def jobs() -> Iterator[Job]:
         for p in todo:

@@ -29,7 +29,7 @@ is faster on CPU, so it is the default there; "pack" is used where FlashAttentio
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -105,12 +105,30 @@ def epoch_batches(
 
 
 @dataclass(kw_only=True)
+class TeacherTargets:
+    """What the teacher says at a batch's N loss positions, for the distillation objectives.
+
+    In process (training/teacher.py): the teacher's last hidden states there and its LM head, so
+    its whole next-token distribution is one chunked matmul away. From an endpoint: the top-K
+    token ids and logprobs it returned (sample --logprobs K), or the logprob it gives the
+    batch's own token (scoring a student's answer)."""
+
+    hidden_NH: Any | None = None
+    head_VH: Any | None = None
+    top_ids_NK: Any | None = None  # LongTensor, -1 where the endpoint gave fewer than K
+    top_logp_NK: Any | None = None
+    token_logp_N: Any | None = None
+
+
+@dataclass(kw_only=True)
 class Batch:
     """One micro-batch, ready for the model.
 
     The model reads `input_ids_BT` (and `position_ids_BT` when packed); the loss only touches the
     N positions whose next token carries weight, listed by `loss_idx_N` (flat index into B*T).
-    `rows_N` says which of the batch's examples each of those positions belongs to.
+    `rows_N` and `cols_N` say which of the batch's examples each of those positions belongs to,
+    and where in it. `examples` keeps each example's (tokens, weights) on the host, for what the
+    distillation objectives build from them (a teacher's input, a prompt for the student).
     """
 
     input_ids_BT: Any  # torch.LongTensor
@@ -119,8 +137,13 @@ class Batch:
     targets_N: Any  # LongTensor, the token predicted at each of those positions
     weights_N: Any  # FloatTensor
     rows_N: Any  # LongTensor, the example (0..B-1 in batch order) of each position
+    cols_N: Any  # LongTensor, the position inside its example
     n_tokens: int  # real (non-pad) input tokens
     weight_sum: float
+    ids: list[str] = field(default_factory=list)  # the examples' ids
+    examples: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    teacher: TeacherTargets | None = None
+    onpolicy: bool = False  # the answers are the student's own (training/onpolicy.py)
     epoch: int = 0
     index: int = 0  # position of this batch in its epoch
 
@@ -128,12 +151,19 @@ class Batch:
         """The batch on `device` (a no-op on CPU)."""
         if device.type == "cpu":
             return self
-        tensors = ("input_ids_BT", "position_ids_BT", "loss_idx_N", "targets_N", "weights_N")
+        names = ("input_ids_BT", "position_ids_BT", "loss_idx_N", "targets_N", "weights_N")
         moved = {
             name: t.to(device, non_blocking=True)
-            for name in (*tensors, "rows_N")
+            for name in (*names, "rows_N", "cols_N")
             if (t := getattr(self, name)) is not None
         }
+        if self.teacher is not None:
+            moved["teacher"] = TeacherTargets(
+                **{
+                    k: None if v is None else v.to(device, non_blocking=True)
+                    for k, v in vars(self.teacher).items()
+                }
+            )
         return replace(self, **moved)
 
 
@@ -162,8 +192,10 @@ def collate(
     loss_idx = np.nonzero(flat_w)[0]
     if mode == "pack":
         rows = np.concatenate([np.full(len(t) - 1, r) for r, (t, _) in enumerate(rows_in)])
+        cols = positions.reshape(-1) if positions is not None else loss_idx
     else:
         rows = np.repeat(np.arange(len(rows_in)), inputs.shape[1])
+        cols = np.tile(np.arange(inputs.shape[1]), len(rows_in))
     tensors: dict[str, Any] = {
         "input_ids_BT": torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)),
         "position_ids_BT": None
@@ -173,6 +205,7 @@ def collate(
         "targets_N": torch.from_numpy(targets.reshape(-1)[loss_idx].astype(np.int64)),
         "weights_N": torch.from_numpy(flat_w[loss_idx].astype(np.float32)),
         "rows_N": torch.from_numpy(rows[loss_idx].astype(np.int64)),
+        "cols_N": torch.from_numpy(cols[loss_idx].astype(np.int64)),
     }
     if pin:  # page-locked host memory lets .to(cuda, non_blocking=True) overlap the copy
         tensors = {k: None if t is None else t.pin_memory() for k, t in tensors.items()}
@@ -180,6 +213,25 @@ def collate(
         **tensors,
         n_tokens=int(sum(len(t) - 1 for t, _ in rows_in)),
         weight_sum=float(flat_w[loss_idx].sum()),
+        ids=[data.ids[int(i)] for i in batch],
+        examples=rows_in,
+        teacher=_sparse_targets(data, batch, rows[loss_idx], cols[loss_idx]),
+    )
+
+
+def _sparse_targets(
+    data: Datums, batch: np.ndarray, rows_N: np.ndarray, cols_N: np.ndarray
+) -> TeacherTargets | None:
+    """The endpoint's top-K logprobs at the loss positions, when the datums carry them: the
+    distribution over the token at position t + 1, stored at t + 1."""
+    if data.top_ids is None or data.top_logp is None:
+        return None
+    import torch
+
+    starts = data.offsets[np.asarray(batch, dtype=np.int64)][rows_N] + cols_N + 1
+    return TeacherTargets(
+        top_ids_NK=torch.from_numpy(data.top_ids[starts].astype(np.int64)),
+        top_logp_NK=torch.from_numpy(data.top_logp[starts].astype(np.float32)),
     )
 
 

@@ -37,6 +37,11 @@ RESUME_KEYS = (
     "grad_accum",
     "seed",
     "batching",
+    "objective",  # issue #13: checkpoints from before it were all sft, the default
+    "ce_weight",
+    "hidden_weight",
+    "onpolicy_fraction",
+    "teacher_model",
 )
 
 
@@ -186,9 +191,10 @@ def check_resumable(
         )
     saved = state["config"]
     for key in RESUME_KEYS:
-        if saved["train"].get(key) != getattr(cfg, key):
+        was = saved["train"].get(key, TrainConfig.model_fields[key].default)
+        if was != getattr(cfg, key):
             raise UserError(
-                f"{path} was trained with --{key.replace('_', '-')} {saved['train'].get(key)}, "
+                f"{path} was trained with --{key.replace('_', '-')} {was}, "
                 f"not {getattr(cfg, key)}: rerun with the same value to resume, or pass --fresh "
                 "to start over"
             )

@@ -59,22 +59,27 @@ def lr_at(step: int, total: int, cfg: TrainConfig, progress: float | None = None
 
 
 def forward_backward(
-    student: Student, micro: list[Batch], objective: Objective
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Gradients of the step's loss (the objective's sum over every loss position of the
-    micro-batches, divided by their total weight, known on the host: no sync). Returns the
-    loss and the objective's stats, as detached tensors."""
-    weight_sum = sum(b.weight_sum for b in micro)
-    loss = torch.zeros((), dtype=torch.float32, device=student.device)
+    student: Student, micro: list[Batch], objective: Objective, step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Batch]]:
+    """Gradients of the step's loss: the objective's sum over every loss position of the
+    micro-batches (as the objective prepares them: with the teacher's targets, or the student's
+    own answers), divided by their total weight, known on the host (no sync). Returns the
+    loss and the objective's stats, as detached tensors, and the batches trained on."""
+    device = student.device
+    batches = [p.to(device) for b in micro for p in objective.prepare(b.to(device), step)]
+    weight_sum = max(sum(b.weight_sum for b in batches), 1e-9)
+    loss = torch.zeros((), dtype=torch.float32, device=device)
     stats: dict[str, torch.Tensor] = {}
-    for b in micro:
+    for b in batches:
         with student.compute():
-            out = forward_loss(student.lm, b.to(student.device), objective)
+            out = forward_loss(student.lm, b, objective)
         (out.total / weight_sum).backward()
         loss += out.total.detach() / weight_sum
         for key, value in out.stats.items():
-            stats[key] = stats.get(key, 0.0) + value.detach().float() / weight_sum
-    return loss, stats
+            stats[key] = (
+                stats.get(key, torch.zeros_like(loss)) + value.detach().float() / weight_sum
+            )
+    return loss, stats, batches
 
 
 @torch.no_grad()
@@ -86,10 +91,10 @@ def validation_loss(student: Student, val: Validation, objective: Objective, bud
     weight = 0.0
     data, mode = val.data, student.mode
     for ids in epoch_batches(data.lengths(), val.indices, budget, seed=0, epoch=0, mode=mode):
-        batch = collate(data, ids, mode).to(student.device)
-        with student.compute():
-            total += forward_loss(student.lm, batch, objective).total.double()
-        weight += batch.weight_sum
+        for batch in objective.prepare(collate(data, ids, mode).to(student.device), None):
+            with student.compute():
+                total += forward_loss(student.lm, batch, objective).total.double()
+            weight += batch.weight_sum
     student.lm.train(was_training)
     return float(total.item() / max(weight, 1e-9))
 
@@ -172,7 +177,7 @@ def train(
                     interrupted = source.stop.is_set()
                     break
                 lr = lr_at(step, total, cfg, source.progress(micro))
-                loss, stats = forward_backward(student, micro, objective)
+                loss, stats, trained = forward_backward(student, micro, objective, step)
                 student.optimizer_step(lr)
                 step += 1
                 position = source.position(micro[-1])
@@ -181,7 +186,7 @@ def train(
                 # ---- report the previous step now that this one has been queued
                 flush()
                 dt = time.perf_counter() - t0
-                n_tok = sum(b.n_tokens for b in micro)
+                n_tok = sum(b.n_tokens for b in trained)
                 log.timed(n_tok, dt)
                 record = {
                     "type": "train",
@@ -189,7 +194,7 @@ def train(
                     **source.step_record(micro),  # epoch; a stream's sample ids
                     "lr": lr,
                     "tokens": n_tok,
-                    "loss_tokens": int(sum(b.weight_sum for b in micro)),
+                    "loss_tokens": int(sum(b.weight_sum for b in trained)),
                     "step_s": round(dt, 4),
                     "tokens_per_s": round(n_tok / dt, 1),
                     "elapsed_s": round(time.perf_counter() - log.started, 2),

@@ -41,8 +41,17 @@ class Objective(Protocol):
     def name(self) -> str:
         """What `--objective` calls it."""
 
+    def prepare(self, batch: Batch, step: int | None) -> list[Batch]:
+        """The batches to train on for one micro-batch of the source (with what the teacher
+        says about them; on-policy: the student's own answers for some of them). `step` None:
+        for the validation loss, which is never on-policy."""
+
     def loss_sum(self, h_NH: torch.Tensor, head_VH: torch.Tensor, batch: Batch) -> LossSum:
         """The summed loss at the N loss positions of `batch`, from their hidden states."""
+
+    def costs(self, loop_s: float) -> str | None:
+        """What it cost on top of the student's steps (teacher forwards, own answers), for
+        the line `train` prints at the end; None: nothing."""
 
 
 # --------------------------------------------------------------------------- the shared pieces
@@ -137,6 +146,12 @@ class NextTokenNLL:
     """`sft`: the weighted NLL of the teacher's sampled answer, one token per position."""
 
     name: str = "sft"
+
+    def prepare(self, batch: Batch, step: int | None) -> list[Batch]:
+        return [batch]
+
+    def costs(self, loop_s: float) -> str | None:
+        return None
 
     def loss_sum(self, h_NH: torch.Tensor, head_VH: torch.Tensor, batch: Batch) -> LossSum:
         if head_VH.requires_grad:  # not our LoRA setup, but keep it correct: plain autograd

@@ -36,7 +36,6 @@ from promptdistill.training.checkpoint import (
 from promptdistill.training.display import StepLog, fmt_time
 from promptdistill.training.distributed import Dist
 from promptdistill.training.loop import train
-from promptdistill.training.objectives import NextTokenNLL
 from promptdistill.training.sources import Batching, BatchSource, EpochSource
 from promptdistill.training.student import Student, load_student
 
@@ -107,8 +106,13 @@ def _train_run(
     if fresh and dist.main:
         fresh_start(run)
 
-    # ---- data, student, batches
-    make_source = stream or _epoch_source(run, student_cfg, datum_cfg, cfg, dist, say)
+    # ---- data, student, batches, objective
+    from promptdistill.models.chat import Renderer
+    from promptdistill.models.load import load_tokenizer
+    from promptdistill.training.distill import objective_for
+
+    renderer = Renderer(load_tokenizer(student_cfg.model))
+    make_source = stream or _epoch_source(run, renderer, student_cfg, datum_cfg, cfg, dist, say)
     student = load_student(student_cfg, cfg, dist)
     source = make_source(
         Batching(
@@ -120,21 +124,12 @@ def _train_run(
             grad_accum=cfg.grad_accum,
         )
     )
-    objective = NextTokenNLL()
+    objective = objective_for(cfg, student, renderer, run)
 
     # ---- resume from the last checkpoint, if any
-    start_step, position, resumed_from = 0, None, None
     ckpts = checkpoint_dirs(run)
-    if ckpts:
-        last = ckpts[-1]
-        state = json.loads((last / "state.json").read_text())
-        check_resumable(state, cfg, student_cfg, source.fingerprint, last)
-        state = load_checkpoint(last, student.model, student.optimizer)
-        start_step, position, resumed_from = state["step"], state["data_position"], state["step"]
-        if dist.main:
-            trim_metrics(run.metrics, start_step)
-    elif dist.main:
-        run.metrics.unlink(missing_ok=True)  # a run killed before its first checkpoint
+    start_step, position = _resume(run, ckpts, student, source.fingerprint, cfg, student_cfg)
+    resumed_from = start_step if ckpts else None
     source.start(position)
     total = source.estimated_steps(start_step)
     if ckpts and start_step >= total and run.has_adapter():
@@ -155,7 +150,8 @@ def _train_run(
     if dist.main:
         run.save_stage_config("train", config_record)
     say(
-        f"training {student_cfg.model} ({_dtype(student)}, {dist.device}) with LoRA "
+        f"training {student_cfg.model} ({_dtype(student)}, {dist.device}), objective "
+        f"{objective.name}, with LoRA "
         f"r={cfg.lora_r} on {cfg.target_modules}: {student.trainable_params / 1e6:.2f}M "
         f"trainable params, {total} steps of <= {cfg.batch_tokens} tokens x {cfg.grad_accum} "
         f"({source.describe()}, {student.mode} batching)"
@@ -189,11 +185,7 @@ def _train_run(
 
     # ---- the adapter, written so that a crash never leaves the run without one
     if dist.main:
-        tmp = run.file(f".{run.adapter.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        student.save_adapter(tmp)
-        replace_dir(tmp, run.adapter)
-        plot_loss(_metrics(run), run.loss_png, f"promptdistill train: {run.path.name}")
+        _save_adapter(run, student)
         say(
             f"done: {out.steps} steps in {fmt_time(time.perf_counter() - log.started)}, "
             f"{log.tokens_per_s:,.0f} tokens/s, data wait {100 * wait:.1f}%; "
@@ -201,6 +193,8 @@ def _train_run(
             + (f", val loss {log.val_loss:.4f}" if log.val_loss is not None else "")
             + f"\nadapter: {run.adapter}   loss curve: {run.loss_png}"
         )
+        if (extra := objective.costs(log.loop_s)) is not None:
+            say(extra)
         if cfg.lora_r > 16:
             say(
                 f"note: vLLM serves LoRA rank <= 16 by default; pass --max-lora-rank "
@@ -212,8 +206,41 @@ def _train_run(
     return result
 
 
+def _resume(
+    run: RunDir,
+    ckpts: list[Path],
+    student: Student,
+    fingerprint: str,
+    cfg: TrainConfig,
+    student_cfg: StudentConfig,
+) -> tuple[int, Any]:
+    """(step, data position) of the last checkpoint, loaded into the student and optimizer;
+    (0, None) without one. metrics.jsonl keeps only what came before that step."""
+    if not ckpts:
+        if student.dist.main:
+            run.metrics.unlink(missing_ok=True)  # a run killed before its first checkpoint
+        return 0, None
+    last = ckpts[-1]
+    state = json.loads((last / "state.json").read_text())
+    check_resumable(state, cfg, student_cfg, fingerprint, last)
+    state = load_checkpoint(last, student.model, student.optimizer)
+    if student.dist.main:
+        trim_metrics(run.metrics, state["step"])
+    return int(state["step"]), state["data_position"]
+
+
+def _save_adapter(run: RunDir, student: Student) -> None:
+    """RUN/adapter, replaced atomically, and the loss curve."""
+    tmp = run.file(f".{run.adapter.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_adapter(tmp)
+    replace_dir(tmp, run.adapter)
+    plot_loss(_metrics(run), run.loss_png, f"promptdistill train: {run.path.name}")
+
+
 def _epoch_source(
     run: RunDir,
+    renderer: Any,
     student_cfg: StudentConfig,
     datum_cfg: DatumConfig,
     cfg: TrainConfig,
@@ -221,10 +248,6 @@ def _epoch_source(
     say: Callable[..., None],
 ) -> SourceFactory:
     """RUN/datums, built (by rank 0) if the samples, datum settings or tokenizer changed."""
-    from promptdistill.models.chat import Renderer
-    from promptdistill.models.load import load_tokenizer
-
-    renderer = Renderer(load_tokenizer(student_cfg.model))
     if not dist.main:
         dist.barrier()  # rank 0 builds the datums; the others then read them
     data, rebuilt = prepare_datums(run, renderer, datum_cfg, student_cfg.model)
@@ -240,7 +263,10 @@ def _say_datums(data: Datums, cfg: DatumConfig, rebuilt: bool, say: Callable[...
     say(
         f"datums: {st['train']['examples']} train / {st['val']['examples']} val examples, "
         f"{st['train']['loss_tokens']} answer tokens to learn; {st['truncated']} truncated, "
-        f"{st['dropped']} dropped (> --max-len {cfg.max_len}); system prompt removed: "
+        f"{st['dropped']} dropped (> --max-len {cfg.max_len}); teacher answers left out: "
+        f"{st.get('loops', 0)} looping"
+        + (" (kept: --keep-loops)" if cfg.keep_loops else "")
+        + f", {st.get('empty', 0)} empty; system prompt removed: "
         f"{st['system_tokens_removed_mean']:.0f} tokens/example" + ("" if rebuilt else " (cached)")
     )
 

@@ -125,9 +125,8 @@ class Producer(Protocol):
 
 @dataclass(kw_only=True)
 class StreamBatch(Batch):
-    """A micro-batch that knows which samples it holds and where the stream stood after it."""
+    """A micro-batch that knows where the stream stood after it (`ids`: the samples it holds)."""
 
-    ids: list[str] = field(default_factory=list)
     before: int = 0  # training examples handed out before this batch
     position: dict[str, Any] = field(default_factory=dict)
 
@@ -347,8 +346,7 @@ class SampleStream:
             self.wait_s += time.perf_counter() - t0
         data = to_arrays([it.datum for it in items], {})
         b = collate(data, np.arange(len(items)), self._batching.mode, 0, self._batching.pin)
-        ids = [it.datum.id for it in items]
-        return StreamBatch(**vars(b), ids=ids, before=before, position=position)
+        return StreamBatch(**vars(b), before=before, position=position)
 
     def _take_batch(self) -> list[_Item]:
         """The oldest waiting example and those closest to it in length, under the token

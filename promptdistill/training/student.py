@@ -21,6 +21,7 @@ from promptdistill.training.distributed import Dist
 
 @dataclass(kw_only=True)
 class Student:
+    name: str  # the student model, as the configuration names it
     model: Any  # the PeftModel
     lm: Any  # its *ForCausalLM, LoRA layers injected
     params: list[torch.nn.Parameter]  # the trainable (LoRA) parameters
@@ -103,5 +104,6 @@ def load_student(student: StudentConfig, cfg: TrainConfig, dist: Dist) -> Studen
         params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, foreach=True
     )
     return Student(
-        model=model, lm=lm, params=params, optimizer=optimizer, dtype=dtype, dist=dist, mode=mode
-    )
+        name=student.model, model=model, lm=lm, params=params, optimizer=optimizer, dtype=dtype,
+        dist=dist, mode=mode,
+    )  # fmt: skip

@@ -1,0 +1,199 @@
+"""sft vs kd vs onpolicy on the embedded default, with the same samples and the same training
+wall-clock budget (issue #13). Prints one table per persona: median [min, max] over seeds.
+
+For each persona the local teacher answers the demo's prompts once (120 training + the prompt
+set's held-out prompts, 96 tokens, temperature 0.7; the samples are reused by every run). Then
+for each seed:
+- `sft` trains the demo's 2 epochs; its training time is the budget;
+- `kd` and `onpolicy` train for as many steps as fit in that budget, from their seconds per
+  step in a short calibration run;
+- `sft --keep-loops` shows what the loop filter does;
+and every run is evaluated like the demo (40 held-out prompts, no judge). Every stage runs
+through the CLI, as a user runs it; `--work DIR` keeps the samples and runs for a rerun.
+
+    .venv/bin/python benchmarks/objectives.py [--personas beethoven,nimbus-support]
+        [--seeds 0,1,2] [--work /tmp/pd-objectives]
+
+Seconds per step and tokens/s are those of the runs themselves (load them on a quiet machine);
+the student's generation speed for `onpolicy` is printed against the local teacher's
+(`transformers serve`) on the same prompts, both measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTDISTILL = [sys.executable, "-m", "promptdistill"]
+N_TRAIN, MAX_TOKENS, TEMPERATURE, HELDOUT = 120, 96, 0.7, 40
+TRAIN = ["--warmup", "2", "--eval-every", "1000", "--save-every", "1000"]
+METRICS = [  # (summary key, label, format)
+    ("kl_student", "KL(T||student)", "{:.3f}"),
+    ("kl_base", "KL(T||base)", "{:.3f}"),
+    ("kl_ratio", "KL ratio", "{:.2f}"),
+    ("prompt_effect_recovered", "effect rec.", "{:.2f}"),
+    ("persona_classifier_student", "cls student", "{:.2f}"),
+    ("persona_classifier_teacher", "cls teacher", "{:.2f}"),
+    ("persona_classifier_base", "cls base", "{:.2f}"),
+    ("cls_ratio", "cls S/T", "{:.2f}"),
+    ("chrf_student", "chrF S", "{:.1f}"),
+    ("chrf_base", "chrF B", "{:.1f}"),
+    ("rouge_l_student", "ROUGE-L S", "{:.3f}"),
+    ("rouge_l_base", "ROUGE-L B", "{:.3f}"),
+    ("loop_rate_student", "loops S", "{:.2f}"),
+    ("loop_rate_teacher", "loops T", "{:.2f}"),
+    ("loop_rate_base", "loops B", "{:.2f}"),
+    ("steps", "steps", "{:.0f}"),
+    ("step_s", "s/step", "{:.1f}"),
+    ("tokens_per_s", "tok/s", "{:.0f}"),
+]
+
+
+def cli(*args: str, log: Path) -> str:
+    """Run a promptdistill command; its output goes to `log`; stop on failure."""
+    with log.open("a") as f:
+        f.write(f"$ promptdistill {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.run([*PROMPTDISTILL, *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode:
+        sys.exit(f"promptdistill {' '.join(args)} failed; see {log}")
+    return log.read_text()
+
+
+def sampled(persona: str, work: Path, log: Path) -> Path:
+    """The persona's teacher samples, made once."""
+    run = work / persona / "samples"
+    if not (run / "pipeline-done").exists():
+        t0 = time.perf_counter()
+        cli(
+            "sample", persona, "--run", str(run), "-n", str(N_TRAIN), "--max-tokens",
+            str(MAX_TOKENS), "--temperature", str(TEMPERATURE), "--log-every", "60", log=log,
+        )  # fmt: skip
+        (run / "pipeline-done").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return run
+
+
+def fresh_run(samples: Path, dest: Path) -> Path:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for name in ("samples.jsonl", "config.yaml"):
+        shutil.copy(samples / name, dest / name)
+    return dest
+
+
+def train_rows(run: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    return [r for r in rows if r.get("type") == "train"]
+
+
+def train_and_eval(
+    samples: Path, dest: Path, seed: int, extra: list[str], log: Path
+) -> dict[str, Any]:
+    run = fresh_run(samples, dest)
+    out = cli("train", str(run), "--seed", str(seed), *TRAIN, *extra, log=log)
+    rows = train_rows(run)
+    cli("eval", str(run), "--no-judge", "--max-heldout", str(HELDOUT), "--max-new-tokens",
+        str(MAX_TOKENS), "--seed", str(seed), "--latency-requests", "0", log=log)  # fmt: skip
+    s = json.loads((run / "report.json").read_text())["summary"]
+    s["steps"] = len(rows)
+    s["train_s"] = sum(r["step_s"] for r in rows)
+    s["step_s"] = statistics.median(r["step_s"] for r in rows)
+    s["tokens_per_s"] = sum(r["tokens"] for r in rows) / max(s["train_s"], 1e-9)
+    if s.get("kl_student") is not None and s.get("kl_base"):
+        s["kl_ratio"] = s["kl_student"] / s["kl_base"]
+    if s.get("persona_classifier_teacher"):
+        s["cls_ratio"] = (s.get("persona_classifier_student") or 0) / s[
+            "persona_classifier_teacher"
+        ]
+    tail = [line for line in out.splitlines() if "student answers:" in line]
+    s["generation"] = tail[-1] if tail else None
+    return s
+
+
+def seconds_per_step(samples: Path, work: Path, objective: str, log: Path) -> float:
+    """A short calibration run: the mean seconds of its steps (the first included)."""
+    run = fresh_run(samples, work / f"calibrate-{objective}")
+    cli("train", str(run), "--objective", objective, "--steps", "4", *TRAIN, log=log)
+    return statistics.mean(r["step_s"] for r in train_rows(run))
+
+
+def fmt(values: list[float], spec: str) -> str:
+    if not values:
+        return "—"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return spec.format(med)
+    return f"{spec.format(med)} [{spec.format(min(values))}, {spec.format(max(values))}]"
+
+
+def table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    names = list(rows)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label, spec in METRICS:
+        cells = [fmt([r[key] for r in rows[n] if r.get(key) is not None], spec) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--personas", default="beethoven,nimbus-support")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--objectives", default="sft,kd,onpolicy,sft-keep-loops")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/pd-objectives"))
+    a = ap.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    a.work.mkdir(parents=True, exist_ok=True)
+    log = a.work / "log.txt"
+    print(f"load {os.getloadavg()[0]:.2f}; logs in {log}", flush=True)
+    for persona in a.personas.split(","):
+        samples = sampled(persona, a.work, log)
+        teacher_s = float((samples / "pipeline-done").read_text())
+        teacher_tokens = sum(
+            json.loads(x)["usage"].get("completion_tokens", 0)
+            for x in (samples / "samples.jsonl").read_text().splitlines()
+            if x
+        )
+        results: dict[str, list[dict[str, Any]]] = {}
+        budget: float | None = None
+        for objective in a.objectives.split(","):
+            for seed in seeds:
+                extra = ["--keep-loops"] if objective == "sft-keep-loops" else []
+                name = objective.removesuffix("-keep-loops")
+                extra += ["--objective", name]
+                if name != "sft":
+                    assert budget is not None, "run sft first: its time is the budget"
+                    if seed == seeds[0]:
+                        per_step = seconds_per_step(samples, a.work / persona, name, log)
+                        steps = max(1, round(budget / per_step))
+                    extra += ["--steps", str(steps)]
+                dest = a.work / persona / f"{objective}-seed{seed}"
+                r = train_and_eval(samples, dest, seed, extra, log)
+                results.setdefault(objective, []).append(r)
+                if objective == "sft" and budget is None:
+                    budget = r["train_s"]
+                print(f"{persona} {objective} seed {seed}: " + ", ".join(
+                    f"{k} {r.get(k):.3f}" for k, _, _ in METRICS[:4] if r.get(k) is not None
+                ), flush=True)  # fmt: skip
+        print(f"\n### {persona} (training budget {budget:.0f} s: sft's 2 epochs)\n")
+        print(table(results))
+        gens = [r["generation"] for r in results.get("onpolicy", []) if r.get("generation")]
+        if gens:
+            print(f"\nonpolicy, {gens[0]}; the local teacher sampled the same prompts (with the "
+                  f"system prompt) at {teacher_tokens / teacher_s:.0f} generated tok/s "
+                  f"({teacher_tokens} tokens in {teacher_s:.0f} s, start-up included)")  # fmt: skip
+        (a.work / persona / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nload {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
