@@ -5,8 +5,9 @@ For each persona the local teacher answers the demo's prompts once (120 training
 set's held-out prompts, 96 tokens, temperature 0.7; the samples are reused by every run). Then
 for each seed:
 - `sft` trains the demo's 2 epochs; its training time is the budget;
-- `kd` and `onpolicy` train for as many steps as fit in that budget, from their seconds per
-  step in a short calibration run;
+- `kd` and `onpolicy` train for as many steps as fit in that budget: sft's steps times the
+  ratio of their seconds per step to sft's, from short calibration runs of all three made one
+  after the other (so that the machine's load affects them alike);
 - `sft --keep-loops` shows what the loop filter does;
 and every run is evaluated like the demo (40 held-out prompts, no judge). Every stage runs
 through the CLI, as a user runs it; `--work DIR` keeps the samples and runs for a rerun.
@@ -24,11 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,12 @@ def sampled(persona: str, work: Path, log: Path) -> Path:
     """The persona's teacher samples, made once."""
     run = work / persona / "samples"
     if not (run / "pipeline-done").exists():
-        t0 = time.perf_counter()
-        cli(
+        out = cli(
             "sample", persona, "--run", str(run), "-n", str(N_TRAIN), "--max-tokens",
             str(MAX_TOKENS), "--temperature", str(TEMPERATURE), "--log-every", "60", log=log,
         )  # fmt: skip
-        (run / "pipeline-done").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        phase = re.findall(r"sampling phase\s*.\s*[\d.]+ req/s over ([\d.]+) s", out)
+        (run / "pipeline-done").write_text(f"{phase[-1] if phase else 'nan'}\n")
     return run
 
 
@@ -126,6 +127,16 @@ def seconds_per_step(samples: Path, work: Path, objective: str, log: Path) -> fl
     return statistics.mean(r["step_s"] for r in train_rows(run))
 
 
+def budget_steps(
+    samples: Path, work: Path, sft_steps: int, objectives: list[str], log: Path
+) -> dict[str, int]:
+    """Steps per objective in sft's training time: sft's steps scaled by the ratio of the
+    seconds per step, all three calibrated one after the other."""
+    per = {o: seconds_per_step(samples, work, o, log) for o in ["sft", *objectives]}
+    print("seconds per step (calibration): " + ", ".join(f"{o} {v:.1f}" for o, v in per.items()))
+    return {o: max(1, round(sft_steps * per["sft"] / per[o])) for o in objectives}
+
+
 def fmt(values: list[float], spec: str) -> str:
     if not values:
         return "—"
@@ -164,33 +175,34 @@ def main() -> None:
             if x
         )
         results: dict[str, list[dict[str, Any]]] = {}
-        budget: float | None = None
-        for objective in a.objectives.split(","):
+        order = ["sft", *[o for o in a.objectives.split(",") if o != "sft"]]
+        steps: dict[str, int] = {}
+        for objective in order:
+            name = objective.removesuffix("-keep-loops")
+            if name != "sft" and name not in steps:
+                sft_steps = results["sft"][0]["steps"]
+                distill = [o for o in ("kd", "onpolicy") if o in order]
+                steps |= budget_steps(samples, a.work / persona, sft_steps, distill, log)
             for seed in seeds:
-                extra = ["--keep-loops"] if objective == "sft-keep-loops" else []
-                name = objective.removesuffix("-keep-loops")
-                extra += ["--objective", name]
+                extra = ["--objective", name]
+                if objective.endswith("-keep-loops"):
+                    extra.append("--keep-loops")
                 if name != "sft":
-                    assert budget is not None, "run sft first: its time is the budget"
-                    if seed == seeds[0]:
-                        per_step = seconds_per_step(samples, a.work / persona, name, log)
-                        steps = max(1, round(budget / per_step))
-                    extra += ["--steps", str(steps)]
+                    extra += ["--steps", str(steps[name])]
                 dest = a.work / persona / f"{objective}-seed{seed}"
                 r = train_and_eval(samples, dest, seed, extra, log)
                 results.setdefault(objective, []).append(r)
-                if objective == "sft" and budget is None:
-                    budget = r["train_s"]
                 print(f"{persona} {objective} seed {seed}: " + ", ".join(
                     f"{k} {r.get(k):.3f}" for k, _, _ in METRICS[:4] if r.get(k) is not None
                 ), flush=True)  # fmt: skip
-        print(f"\n### {persona} (training budget {budget:.0f} s: sft's 2 epochs)\n")
+        budget = statistics.median(r["train_s"] for r in results["sft"])
+        print(f"\n### {persona} (training budget: sft's 2 epochs, {budget:.0f} s)\n")
         print(table(results))
         gens = [r["generation"] for r in results.get("onpolicy", []) if r.get("generation")]
         if gens:
             print(f"\nonpolicy, {gens[0]}; the local teacher sampled the same prompts (with the "
                   f"system prompt) at {teacher_tokens / teacher_s:.0f} generated tok/s "
-                  f"({teacher_tokens} tokens in {teacher_s:.0f} s, start-up included)")  # fmt: skip
+                  f"({teacher_tokens} tokens in its {teacher_s:.0f} s sampling phase)")  # fmt: skip
         (a.work / persona / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nload {os.getloadavg()[0]:.2f}")
 
