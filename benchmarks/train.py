@@ -14,8 +14,14 @@ Each trainer runs in its own subprocess, so peak RSS is its own. Tokens/s counts
 tokens. "equal loss" is checked on the mean training loss of the last quarter of the steps and
 on the validation loss of each trained adapter, computed by one function on the same examples.
 
-    .venv/bin/python benchmarks/train.py                 # full run, ~10 minutes on 2 cores
-    .venv/bin/python benchmarks/train.py --steps 4 --examples 200   # quick check
+    .venv/bin/python benchmarks/train.py --steps 10 --batch 8 --examples 400 --threads 0
+        # 3 interleaved rounds of the three trainers, ~20 minutes on 2 cores
+    .venv/bin/python benchmarks/train.py --steps 4 --examples 200 --rounds 1  # quick check
+
+Rounds are interleaved (ours, tuned, default; then tuned, default, ours; ...) and the ratios
+are those of the medians: on a shared machine the speed drifts by a third over minutes (the
+tuned Trainer alone ran at 187-253 tokens/s in one session), so a ratio of two single runs
+made minutes apart moves with the drift, not with the trainers.
 
 If no real samples are given (--samples RUN/samples.jsonl), it writes synthetic Beethoven
 conversations: the real persona system prompt and prompt-set user prompts, with answers drawn
@@ -29,6 +35,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +128,8 @@ def load_examples(run: Path, max_len: int) -> tuple[Any, Any, Any, Any]:
     from promptdistill.models.load import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
-    cfg = DatumConfig(max_len=max_len)
+    # keep_loops: the synthetic answers repeat sentences; the same examples as before issue #13
+    cfg = DatumConfig(max_len=max_len, keep_loops=True)
     data, _ = prepare_datums(RunDir(run), Renderer(tok), cfg, "smollm2-135m")
     return tok, data, data.indices("train"), data.indices("val")
 
@@ -162,7 +170,12 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     console = Console(file=open(os.devnull, "w"), width=200)  # noqa: SIM115
     t0 = time.perf_counter()
     res = train_run(
-        RunDir(a.run), StudentConfig(), DatumConfig(max_len=a.max_len), cfg, console, fresh=True
+        RunDir(a.run),
+        StudentConfig(),
+        DatumConfig(max_len=a.max_len, keep_loops=True),
+        cfg,
+        console,
+        fresh=True,
     )
     wall = time.perf_counter() - t0
     rows = [r for r in read_jsonl(a.run / "metrics.jsonl") if r.get("type") == "train"]
@@ -312,6 +325,8 @@ def main() -> None:
     ap.add_argument("--samples", type=Path, default=None, help="use a real RUN/samples.jsonl")
     ap.add_argument("--only", choices=["ours", "tuned", "default"], default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each trainer, interleaved")
+    ap.add_argument("--trainers", default="ours,tuned,default")
     ap.add_argument("--run", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
 
@@ -339,61 +354,75 @@ def main() -> None:
         write_synthetic_samples(samples, a.examples)
     print(
         f"load before: {os.getloadavg()[0]:.2f} (1-min), cores: {os.cpu_count()}, "
-        f"torch threads: {a.threads or 'default'}",
+        f"torch threads: {a.threads or 'default'}, {a.rounds} round(s)",
         flush=True,
     )
-    results: dict[str, dict[str, Any]] = {}
-    for name in ("ours", "tuned", "default"):
-        run = work / f"run-{name}"
-        run.mkdir()
-        (run / "samples.jsonl").write_bytes(samples.read_bytes())
-        cmd = [
-            sys.executable,
-            __file__,
-            "--only",
-            name,
-            "--run",
-            str(run),
-            "--steps",
-            str(a.steps),
-            "--batch",
-            str(a.batch),
-            "--lr",
-            str(a.lr),
-            "--warmup",
-            str(a.warmup),
-            "--threads",
-            str(a.threads),
-            "--max-len",
-            str(a.max_len),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(line[-1][7:])
-        r = results[name]
-        q = max(1, len(r["losses"]) // 2)
-        r["final_loss"] = sum(r["losses"][-q:]) / q
-        print(
-            f"{name:8s} {r['tokens_per_s']:8.1f} tok/s ({r['steady_tokens_per_s']:.1f} steady)"
-            f"  final train loss {r['final_loss']:.4f}"
-            f"  val loss {r['val_loss']:.4f}  data wait {r['data_wait_pct']:.2f}%  "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s",
-            flush=True,
-        )
+    names = [n for n in ("ours", "tuned", "default") if n in a.trainers.split(",")]
+    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for k in range(a.rounds):
+        # the order turns every round, so that no trainer always runs first (or last) while
+        # the shared machine's speed drifts
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            r = run_child(a, work, name, samples, k)
+            results[name].append(r)
+            print(
+                f"round {k + 1} {name:8s} {r['tokens_per_s']:8.1f} tok/s "
+                f"({r['steady_tokens_per_s']:.1f} steady)  final train loss {r['final_loss']:.4f}"
+                f"  val loss {r['val_loss']:.4f}  data wait {r['data_wait_pct']:.2f}%  "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s",
+                flush=True,
+            )
     print(f"load after: {os.getloadavg()[0]:.2f}")
-    ours = results["ours"]
-    for name in ("tuned", "default"):
-        r = results[name]
-        print(
-            f"ours / {name}: {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x tokens/s "
-            f"({ours['steady_tokens_per_s'] / r['steady_tokens_per_s']:.2f}x steady); "
-            f"final train loss {100 * (ours['final_loss'] / r['final_loss'] - 1):+.1f}%, "
-            f"val loss {100 * (ours['val_loss'] / r['val_loss'] - 1):+.1f}%"
-        )
+    report(results)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(f"details: {work / 'results.json'}")
+
+
+def run_child(
+    a: argparse.Namespace, work: Path, name: str, samples: Path, k: int
+) -> dict[str, Any]:
+    """One trainer in its own process (its own peak RSS); its RESULT line."""
+    run = work / f"run-{name}-{k}"
+    run.mkdir()
+    (run / "samples.jsonl").write_bytes(samples.read_bytes())
+    cmd = [
+        sys.executable, __file__, "--only", name, "--run", str(run), "--steps", str(a.steps),
+        "--batch", str(a.batch), "--lr", str(a.lr), "--warmup", str(a.warmup),
+        "--threads", str(a.threads), "--max-len", str(a.max_len),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    r: dict[str, Any] = json.loads(line[-1][7:])
+    q = max(1, len(r["losses"]) // 2)
+    r["final_loss"] = sum(r["losses"][-q:]) / q
+    return r
+
+
+def report(results: dict[str, list[dict[str, Any]]]) -> None:
+    """Medians over the rounds, the ratios of the medians, and each round's own ratio."""
+    med = {
+        n: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "steady_tokens_per_s")}
+        for n, rs in results.items()
+    }
+    if "ours" not in results:
+        return
+    ours = results["ours"]
+    for name in (n for n in results if n != "ours"):
+        other = results[name]
+        per_round = [
+            o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(ours, other, strict=True)
+        ]
+        print(
+            f"ours / {name}: {med['ours']['tokens_per_s'] / med[name]['tokens_per_s']:.2f}x "
+            f"tokens/s, median of {len(ours)} rounds ({med['ours']['tokens_per_s']:.0f} vs "
+            f"{med[name]['tokens_per_s']:.0f}; steady "
+            f"{med['ours']['steady_tokens_per_s'] / med[name]['steady_tokens_per_s']:.2f}x); "
+            f"per round {', '.join(f'{x:.2f}x' for x in per_round)}; final train loss "
+            f"{100 * (ours[0]['final_loss'] / other[0]['final_loss'] - 1):+.1f}%, val loss "
+            f"{100 * (ours[0]['val_loss'] / other[0]['val_loss'] - 1):+.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -289,3 +289,28 @@ def test_logprob_errors_are_one_line(tmp_path: Path, tiny_model: Path) -> None:
     r = run_cli([sys.executable, "-m", "promptdistill", "sample", str(persona), "--run",
                  str(tmp_path / "local"), "-n", "2", "--logprobs", "5"])  # fmt: skip
     assert "--logprobs" in _one_line(r)
+
+
+def test_merged_copy_answers_as_the_student_does(tiny_model: Path) -> None:
+    """The plain copy the student generates on-policy answers with has the student's current
+    weights (base + LoRA), and the student's own training weights are untouched."""
+    from promptdistill.core.config import TrainConfig as TC
+    from promptdistill.models.load import load_causal_lm
+    from promptdistill.training.distributed import Dist
+    from promptdistill.training.onpolicy import MergedCopy
+    from promptdistill.training.student import load_student
+
+    student = load_student(StudentConfig(model=str(tiny_model), dtype="fp32"), TC(lora_r=4),
+                           Dist(world=1, rank=0, device=torch.device("cpu")))  # fmt: skip
+    with torch.no_grad():
+        for name, p in student.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    before = {n: p.clone() for n, p in student.model.named_parameters()}
+    copy = MergedCopy(student.model, load_causal_lm(tiny_model, "fp32"))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        expect = student.model(input_ids=ids).logits
+        got = copy.sync()(input_ids=ids).logits
+    assert torch.allclose(got, expect, atol=1e-4)
+    assert all(torch.equal(p, before[n]) for n, p in student.model.named_parameters())
