@@ -96,15 +96,10 @@ def train_rows(run: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("type") == "train"]
 
 
-def train_and_eval(
-    samples: Path, dest: Path, seed: int, extra: list[str], log: Path
-) -> dict[str, Any]:
-    run = fresh_run(samples, dest)
-    out = cli("train", str(run), "--seed", str(seed), *TRAIN, *extra, log=log)
+def summary_of(run: Path, train_output: str) -> dict[str, Any]:
+    """report.json's summary, plus the training run's steps, times and generation line."""
     rows = train_rows(run)
-    cli("eval", str(run), "--no-judge", "--max-heldout", str(HELDOUT), "--max-new-tokens",
-        str(MAX_TOKENS), "--seed", str(seed), "--latency-requests", "0", log=log)  # fmt: skip
-    s = json.loads((run / "report.json").read_text())["summary"]
+    s: dict[str, Any] = json.loads((run / "report.json").read_text())["summary"]
     s["steps"] = len(rows)
     s["train_s"] = sum(r["step_s"] for r in rows)
     s["step_s"] = statistics.median(r["step_s"] for r in rows)
@@ -115,16 +110,36 @@ def train_and_eval(
         s["cls_ratio"] = (s.get("persona_classifier_student") or 0) / s[
             "persona_classifier_teacher"
         ]
-    tail = [line for line in out.splitlines() if "student answers:" in line]
+    tail = [line for line in train_output.splitlines() if "student answers:" in line]
     s["generation"] = tail[-1] if tail else None
+    return s
+
+
+def train_and_eval(
+    samples: Path, dest: Path, seed: int, extra: list[str], log: Path
+) -> dict[str, Any]:
+    done = dest / "bench.json"  # a rerun with the same --work skips finished runs
+    if done.is_file() and json.loads(done.read_text())["args"] == extra:
+        return dict(json.loads(done.read_text())["summary"])
+    run = fresh_run(samples, dest)
+    out = cli("train", str(run), "--seed", str(seed), *TRAIN, *extra, log=log)
+    cli("eval", str(run), "--no-judge", "--max-heldout", str(HELDOUT), "--max-new-tokens",
+        str(MAX_TOKENS), "--seed", str(seed), "--latency-requests", "0", log=log)  # fmt: skip
+    s = summary_of(run, out)
+    done.write_text(json.dumps({"args": extra, "summary": s}))
     return s
 
 
 def seconds_per_step(samples: Path, work: Path, objective: str, log: Path) -> float:
     """A short calibration run: the mean seconds of its steps (the first included)."""
-    run = fresh_run(samples, work / f"calibrate-{objective}")
+    run = work / f"calibrate-{objective}"
+    if (run / "calibrated").is_file():
+        return float((run / "calibrated").read_text())
+    run = fresh_run(samples, run)
     cli("train", str(run), "--objective", objective, "--steps", "4", *TRAIN, log=log)
-    return statistics.mean(r["step_s"] for r in train_rows(run))
+    mean = statistics.mean(r["step_s"] for r in train_rows(run))
+    (run / "calibrated").write_text(f"{mean}\n")
+    return mean
 
 
 def budget_steps(
