@@ -15,7 +15,8 @@ through the CLI, as a user runs it; `--work DIR` keeps the samples and runs for 
     .venv/bin/python benchmarks/objectives.py [--personas beethoven,nimbus-support]
         [--seeds 0,1,2] [--work /tmp/pd-objectives]
 
-Seconds per step and tokens/s are those of the runs themselves (load them on a quiet machine);
+Seconds per step and tokens/s are those of the runs themselves, and change with the machine's
+load; CPU seconds per step (all threads) much less so, and the budget is set with them;
 the student's generation speed for `onpolicy` is printed against the local teacher's
 (`transformers serve`) on the same prompts, both measured in this run.
 """
@@ -55,6 +56,7 @@ METRICS = [  # (summary key, label, format)
     ("loop_rate_base", "loops B", "{:.2f}"),
     ("steps", "steps", "{:.0f}"),
     ("step_s", "s/step", "{:.1f}"),
+    ("cpu_step_s", "CPU s/step", "{:.1f}"),
     ("tokens_per_s", "tok/s", "{:.0f}"),
 ]
 
@@ -103,6 +105,8 @@ def summary_of(run: Path, train_output: str) -> dict[str, Any]:
     s["steps"] = len(rows)
     s["train_s"] = sum(r["step_s"] for r in rows)
     s["step_s"] = statistics.median(r["step_s"] for r in rows)
+    if all("cpu_s" in r for r in rows):
+        s["cpu_step_s"] = statistics.median(r["cpu_s"] for r in rows)
     s["tokens_per_s"] = sum(r["tokens"] for r in rows) / max(s["train_s"], 1e-9)
     if s.get("kl_student") is not None and s.get("kl_base"):
         s["kl_ratio"] = s["kl_student"] / s["kl_base"]
@@ -131,13 +135,15 @@ def train_and_eval(
 
 
 def seconds_per_step(samples: Path, work: Path, objective: str, log: Path) -> float:
-    """A short calibration run: the mean seconds of its steps (the first included)."""
+    """A short calibration run: the mean CPU seconds of its steps (the first included). CPU
+    time, not wall time: a busy machine stretches the latter several-fold (a kd calibration
+    read 54 s/step beside another job, 14 s alone), and the former by far less."""
     run = work / f"calibrate-{objective}"
     if (run / "calibrated").is_file():
         return float((run / "calibrated").read_text())
     run = fresh_run(samples, run)
     cli("train", str(run), "--objective", objective, "--steps", "4", *TRAIN, log=log)
-    mean = statistics.mean(r["step_s"] for r in train_rows(run))
+    mean = statistics.mean(r["cpu_s"] for r in train_rows(run))
     (run / "calibrated").write_text(f"{mean}\n")
     return mean
 
@@ -148,7 +154,7 @@ def budget_steps(
     """Steps per objective in sft's training time: sft's steps scaled by the ratio of the
     seconds per step, all three calibrated one after the other."""
     per = {o: seconds_per_step(samples, work, o, log) for o in ["sft", *objectives]}
-    print("seconds per step (calibration): " + ", ".join(f"{o} {v:.1f}" for o, v in per.items()))
+    print("CPU s/step (calibration): " + ", ".join(f"{o} {v:.1f}" for o, v in per.items()))
     return {o: max(1, round(sft_steps * per["sft"] / per[o])) for o in objectives}
 
 

@@ -245,3 +245,24 @@ def test_score_nll_matches_the_model_loss(tiny: tuple[Any, Any]) -> None:
             loss = model(input_ids=ids, labels=labels).loss
         assert s.tokens == sum(w) - (1 if w[0] else 0)
         assert s.nll_sum == pytest.approx(float(loss) * s.tokens, rel=1e-4)
+
+
+def test_a_shared_system_prompt_is_run_once_with_the_same_numbers(tiny: tuple[Any, Any]) -> None:
+    """eval scores the teacher's answers *with* the system prompt: the prompt's cache, run
+    once, gives the NLL and hidden states that the full sequences give."""
+    from promptdistill.evaluation.scoring import kl_sums, score_nll
+    from promptdistill.training.objectives import head_weight
+
+    model, _ = tiny
+    system = list(range(40, 70))  # 30 shared tokens, none scored
+    examples = []
+    for k in (2, 5, 9):
+        user = list(range(3 + k, 7 + k))
+        examples.append((system + user + list(range(80, 80 + k)), [0.0] * 34 + [1.0] * k))
+    full = score_nll(model, examples, batch_tokens=40, keep_hidden=True)
+    shared = score_nll(model, examples, batch_tokens=40, keep_hidden=True, share_prefix=True)
+    for f, s in zip(full, shared, strict=True):
+        assert s.tokens == f.tokens
+        assert s.nll_sum == pytest.approx(f.nll_sum, rel=1e-4)
+        torch.testing.assert_close(s.hidden, f.hidden, rtol=1e-4, atol=1e-4)
+    assert kl_sums(full, shared, head_weight(model)) == pytest.approx([0.0] * 3, abs=1e-5)

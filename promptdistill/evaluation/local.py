@@ -111,7 +111,8 @@ def measure_local(
         examples = [
             scored_example(renderer, messages(i), i.teacher, i.truncated, name) for i in heldout
         ]
-        return score_nll(model, examples, keep_hidden=with_prompt_nll)
+        # the teacher's system prompt is the same for every held-out prompt: run it once
+        return score_nll(model, examples, keep_hidden=with_prompt_nll, share_prefix=True)
 
     # ---- 1. the student alone: NLL (unmerged, exact), then merged: latency and peak memory
     student = load_student(name, inputs.adapter, inputs.student.dtype, device)

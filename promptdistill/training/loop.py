@@ -171,7 +171,7 @@ def train(
                         validate(step, val)
 
                 # ---- one optimizer step over grad_accum micro-batches
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 micro = [b for b in (source.next() for _ in range(cfg.grad_accum)) if b]
                 if not micro:  # the stream has ended, or Ctrl-C while waiting for samples
                     interrupted = source.stop.is_set()
@@ -196,6 +196,8 @@ def train(
                     "tokens": n_tok,
                     "loss_tokens": int(sum(b.weight_sum for b in trained)),
                     "step_s": round(dt, 4),
+                    # all threads' CPU seconds: a step's cost that a busy machine barely changes
+                    "cpu_s": round(time.process_time() - cpu0, 4),
                     "tokens_per_s": round(n_tok / dt, 1),
                     "elapsed_s": round(time.perf_counter() - log.started, 2),
                     "data_wait_s": round(source.wait_s - wait_start, 4),

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from promptdistill.models.prefix import Prefix
 from promptdistill.training.batching import Batch
 
 LOSS_CHUNK = 1024  # positions per LM-head chunk
@@ -62,13 +63,20 @@ def causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def loss_hidden(lm: Any, batch: Batch) -> torch.Tensor:
+def loss_hidden(lm: Any, batch: Batch, prefix: Prefix | None = None) -> torch.Tensor:
     """The backbone's last hidden states at the batch's loss positions, (N, H). Right-padded
     rows need no attention mask: causal attention never lets a real token see the pads after
-    it (training/batching.py)."""
+    it (training/batching.py). With `prefix`, every row continues those tokens (models/prefix.py):
+    the batch holds only what follows them, and attends to their cached keys and values."""
     lm = causal_lm(lm)
+    positions_BT = batch.position_ids_BT  # None in pad batching: the model counts from 0, or
+    if positions_BT is not None and prefix is not None:  # from the cache's length
+        positions_BT = positions_BT + len(prefix)
     out = lm.get_decoder()(
-        input_ids=batch.input_ids_BT, position_ids=batch.position_ids_BT, use_cache=False
+        input_ids=batch.input_ids_BT,
+        position_ids=positions_BT,
+        cache=prefix.cache(batch.input_ids_BT.shape[0]) if prefix is not None else None,
+        use_cache=prefix is not None,
     )
     hidden_BTH = out.last_hidden_state
     return hidden_BTH.reshape(-1, hidden_BTH.shape[-1]).index_select(0, batch.loss_idx_N)

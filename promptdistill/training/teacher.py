@@ -29,6 +29,7 @@ import torch
 
 from promptdistill.core.errors import UserError
 from promptdistill.models.chat import Renderer
+from promptdistill.models.prefix import run_prefix
 from promptdistill.training.batching import Batch, TeacherTargets
 
 CACHE_BYTES = 2 << 30  # hidden states kept for reuse across epochs, at most
@@ -76,13 +77,8 @@ class InProcessTeacher:
         self._cache: dict[str, torch.Tensor] = {}
         self._cached_bytes = 0
         self.forward_s = 0.0  # time spent in teacher forwards (the cost of kd over sft)
-        device = head_VH.device
         with torch.no_grad(), self.adapter_off(), self.compute():
-            out = decoder(
-                input_ids=torch.tensor([self.prefix], dtype=torch.long, device=device),
-                use_cache=True,
-            )
-        self._prefix_kv = [(k.detach(), v.detach()) for k, v, *_ in out.cache]
+            self._prefix = run_prefix(decoder, self.prefix, head_VH.device)
 
     def targets(self, batch: Batch) -> TeacherTargets:
         """The teacher's view of `batch` (its hidden states, in loss-position order)."""
@@ -124,7 +120,7 @@ class InProcessTeacher:
         ids_BT = torch.zeros((len(rows), width), dtype=torch.long)
         for i, x in enumerate(inputs):  # right padding, no mask: causal attention ignores it
             ids_BT[i, : len(x)] = torch.from_numpy(x.astype("int64"))
-        cache = _expanded_cache(self._prefix_kv, len(rows))
+        cache = self._prefix.cache(len(rows))
         with torch.no_grad(), self.adapter_off(), self.compute():
             out = self.decoder(input_ids=ids_BT.to(device), cache=cache, use_cache=True)
         hidden_BTH = out.last_hidden_state
@@ -137,15 +133,3 @@ class InProcessTeacher:
             result[r] = hidden_BTH[i].index_select(0, cols).detach()
         self.forward_s += time.perf_counter() - t0
         return result
-
-
-def _expanded_cache(prefix_kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:
-    """A fresh DynamicCache holding the system prompt's keys and values for `batch` rows (the
-    forward appends to it, so each batch gets its own)."""
-    from transformers import DynamicCache
-
-    return DynamicCache(
-        ddp_cache_data=[
-            (k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:])) for k, v in prefix_kv
-        ]
-    )
