@@ -13,7 +13,10 @@ and every run is evaluated like the demo (40 held-out prompts, no judge). Every 
 through the CLI, as a user runs it; `--work DIR` keeps the samples and runs for a rerun.
 
     .venv/bin/python benchmarks/objectives.py [--personas beethoven,nimbus-support]
-        [--seeds 0,1,2] [--work /tmp/pd-objectives]
+        [--seeds 0,1,2] [--objectives sft,kd,onpolicy,sft-keep-loops:0,kd-ce1:0;1]
+        [--work /tmp/pd-objectives]
+
+(`NAME-ceW`: kd with `--ce-weight W`; `:0;1` gives a variant its own seeds.)
 
 Seconds per step and tokens/s are those of the runs themselves, and change with the machine's
 load; CPU seconds per step (all threads) much less so, and the budget is set with them;
@@ -114,8 +117,9 @@ def summary_of(run: Path, train_output: str) -> dict[str, Any]:
         s["cls_ratio"] = (s.get("persona_classifier_student") or 0) / s[
             "persona_classifier_teacher"
         ]
-    tail = [line for line in train_output.splitlines() if "student answers:" in line]
-    s["generation"] = tail[-1] if tail else None
+    # "student answers: N tokens in S s" (a narrow console may wrap it)
+    gen = re.findall(r"student answers: (\d+) tokens in\s+([\d.]+) s", train_output)
+    s["generation"] = {"tokens": int(gen[-1][0]), "s": float(gen[-1][1])} if gen else None
     return s
 
 
@@ -158,6 +162,22 @@ def budget_steps(
     return {o: max(1, round(sft_steps * per["sft"] / per[o])) for o in objectives}
 
 
+def variant(spec: str, seeds: list[int]) -> tuple[str, str, list[str], list[int]]:
+    """`kd`, `sft-keep-loops`, `kd-ce1` (kd + 1 x the NLL), each optionally `:0,1` for its own
+    seeds: (label, objective, extra train flags, seeds)."""
+    label, _, own = spec.partition(":")
+    name, *mods = label.split("-", 1)
+    flags: list[str] = []
+    for mod in mods:
+        if mod == "keep-loops":
+            flags.append("--keep-loops")
+        elif mod.startswith("ce"):
+            flags += ["--ce-weight", mod[2:]]
+        else:
+            sys.exit(f"unknown variant {spec!r}: use NAME, NAME-keep-loops or NAME-ceW")
+    return label, name, flags, [int(x) for x in own.split(";")] if own else seeds
+
+
 def fmt(values: list[float], spec: str) -> str:
     if not values:
         return "—"
@@ -196,24 +216,22 @@ def main() -> None:
             if x
         )
         results: dict[str, list[dict[str, Any]]] = {}
-        order = ["sft", *[o for o in a.objectives.split(",") if o != "sft"]]
+        runs = [variant(o, seeds) for o in a.objectives.split(",")]
+        runs.sort(key=lambda v: v[0] != "sft")  # sft first: its steps set the budget
         steps: dict[str, int] = {}
-        for objective in order:
-            name = objective.removesuffix("-keep-loops")
+        for label, name, flags, run_seeds in runs:
             if name != "sft" and name not in steps:
                 sft_steps = results["sft"][0]["steps"]
-                distill = [o for o in ("kd", "onpolicy") if o in order]
+                distill = sorted({n for _, n, _, _ in runs if n != "sft"})
                 steps |= budget_steps(samples, a.work / persona, sft_steps, distill, log)
-            for seed in seeds:
-                extra = ["--objective", name]
-                if objective.endswith("-keep-loops"):
-                    extra.append("--keep-loops")
+            for seed in run_seeds:
+                extra = ["--objective", name, *flags]
                 if name != "sft":
                     extra += ["--steps", str(steps[name])]
-                dest = a.work / persona / f"{objective}-seed{seed}"
+                dest = a.work / persona / f"{label}-seed{seed}"
                 r = train_and_eval(samples, dest, seed, extra, log)
-                results.setdefault(objective, []).append(r)
-                print(f"{persona} {objective} seed {seed}: " + ", ".join(
+                results.setdefault(label, []).append(r)
+                print(f"{persona} {label} seed {seed}: " + ", ".join(
                     f"{k} {r.get(k):.3f}" for k, _, _ in METRICS[:4] if r.get(k) is not None
                 ), flush=True)  # fmt: skip
         budget = statistics.median(r["train_s"] for r in results["sft"])
@@ -221,9 +239,12 @@ def main() -> None:
         print(table(results))
         gens = [r["generation"] for r in results.get("onpolicy", []) if r.get("generation")]
         if gens:
-            print(f"\nonpolicy, {gens[0]}; the local teacher sampled the same prompts (with the "
-                  f"system prompt) at {teacher_tokens / teacher_s:.0f} generated tok/s "
-                  f"({teacher_tokens} tokens in its {teacher_s:.0f} s sampling phase)")  # fmt: skip
+            rates = [g["tokens"] / g["s"] for g in gens]
+            print(f"\nonpolicy: the student generated {fmt(rates, '{:.0f}')} tok/s while training; "
+                  f"the local teacher sampled (with the system prompt) at "
+                  f"{teacher_tokens / teacher_s:.0f} tok/s ({teacher_tokens} tokens in its "
+                  f"{teacher_s:.0f} s sampling phase, an earlier run; benchmarks/generation.py "
+                  f"times both in one run)")  # fmt: skip
         (a.work / persona / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nload {os.getloadavg()[0]:.2f}")
 
