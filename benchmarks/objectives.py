@@ -118,7 +118,7 @@ def summary_of(run: Path, train_output: str) -> dict[str, Any]:
             "persona_classifier_teacher"
         ]
     # "student answers: N tokens in S s" (a narrow console may wrap it)
-    gen = re.findall(r"student answers: (\d+) tokens in\s+([\d.]+) s", train_output)
+    gen = re.findall(r"student answers: (\d+) tokens in\s+([\d.]+)\s+s", train_output)
     s["generation"] = {"tokens": int(gen[-1][0]), "s": float(gen[-1][1])} if gen else None
     return s
 
