@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -119,6 +120,22 @@ def test_preset_flags_and_config_file_layering(tmp_path: Path) -> None:
     assert stage_fingerprints(cfg)["sample"] == a["sample"]
     cfg.sample.sampling.temperature = 0.01
     assert stage_fingerprints(cfg)["sample"] != a["sample"]
+
+
+def test_demo_distils_the_local_teachers_distribution_and_an_endpoints_samples() -> None:
+    """The demo's kd needs the teacher's distribution: the local teacher has it; an endpoint
+    sampled without --logprobs does not, so the preset trains sft there, and a user's own
+    choice always stands."""
+    endpoint = {"base_url": "http://127.0.0.1:1/v1", "model": "m"}
+
+    def objective(flags: dict[str, Any]) -> str:
+        return resolve_config("beethoven", "demo", None, flags, {}).train.objective
+
+    assert objective({}) == "kd"
+    assert objective({"sample": {"teacher": endpoint}}) == "sft"
+    assert objective({"sample": {"teacher": endpoint, "logprobs": 20}}) == "kd"
+    assert objective({"sample": {"teacher": endpoint}, "train": {"objective": "kd"}}) == "kd"
+    assert objective({"train": {"objective": "sft"}}) == "sft"
 
 
 def test_bad_run_config_file_names_file_and_field(tmp_path: Path) -> None:

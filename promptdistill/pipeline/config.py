@@ -77,9 +77,22 @@ def resolve_config(
         raise UserError(f"--preset {preset}: unknown preset; known: {', '.join(PRESETS)}")
     layers = merge(
         {"sample": {"persona": persona, "n": 1000, "sampling": persona_sampling}},
-        PRESETS.get(preset or "", {}),
+        without_unusable_objective(PRESETS.get(preset or "", {}), merge(file_data, flags)),
         file_data,
         flags,
         {"persona": persona, "preset": preset, "sample": {"persona": persona}},
     )
     return validate(RunConfig, layers, file=config_file, node=file_node)
+
+
+def without_unusable_objective(preset: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    """The preset, less its `kd` objective when the user's teacher is an endpoint sampled
+    without --logprobs: there is no teacher distribution to learn from, so the preset trains
+    sft there (the header of `train` says which). An objective the user chose is kept, and
+    fails with its one-line reason if it cannot work."""
+    sample = chosen.get("sample") or {}
+    remote = bool((sample.get("teacher") or {}).get("base_url"))
+    if not remote or sample.get("logprobs") or "objective" in (chosen.get("train") or {}):
+        return preset
+    train = {k: v for k, v in (preset.get("train") or {}).items() if k != "objective"}
+    return {**preset, "train": train}
