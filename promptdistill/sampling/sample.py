@@ -33,7 +33,7 @@ from promptdistill.clients.endpoint import (
 from promptdistill.clients.keys import key_source, read_api_key
 from promptdistill.core.config import SampleConfig, StudentConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import JsonlWriter, atomic_write_bytes
+from promptdistill.core.io import JsonlWriter, atomic_write_bytes, os_error
 from promptdistill.core.redact import redact_url
 from promptdistill.core.rundir import RunDir
 from promptdistill.core.samples import SYSTEM_KEY, SampleReader, store_system_prompt
@@ -247,6 +247,10 @@ def _sample_locked(
         min_concurrency=config.teacher.concurrency,
     )
     run.save_stage_config(STAGE, recorded_config(config))
+    try:  # `run --stream`'s trainer reads samples.jsonl as soon as `ready` is set
+        run.samples.touch(exist_ok=True)
+    except OSError as e:
+        raise os_error(e, run.samples) from None
     if ready is not None:
         ready.set()
     # failures of an earlier run are asked again now; the file lists this run's failures only
