@@ -356,19 +356,27 @@ async def _stopping(
     stop_when: threading.Event | None,
     summary: SampleSummary | None = None,
 ) -> AsyncIterator[None]:
-    """`stop` is set by the first Ctrl-C or SIGTERM (a second falls through to the default
-    handler), or when `stop_when` is set from another thread (polled: an asyncio.Event is not
-    thread-safe). The signal is recorded in `summary.stop_signal`."""
+    """`stop` is set by the first Ctrl-C or SIGTERM (a second goes to the handler that was
+    there before: KeyboardInterrupt, or cli/app.py's exit), or when `stop_when` is set from
+    another thread (polled: an asyncio.Event is not thread-safe). The signal is recorded in
+    `summary.stop_signal`."""
     loop = asyncio.get_running_loop()
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if handle_sigint else {}
+
+    def restore() -> None:
+        for sig, handler in before.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, TypeError):
+                loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)  # asyncio leaves SIG_DFL behind
+
     if handle_sigint:
 
         def on_signal(signum: int) -> None:
             stop.set()
             if summary is not None:
                 summary.stop_signal = signum
-            for sig in STOP_SIGNALS:
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
+            restore()
 
         for sig in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -385,10 +393,7 @@ async def _stopping(
     finally:
         if watcher is not None:
             watcher.cancel()
-        if handle_sigint:
-            for sig in STOP_SIGNALS:
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
+        restore()
 
 
 async def _sample_async(
