@@ -15,31 +15,41 @@ from pathlib import Path
 from typing import Any
 
 from promptdistill.core.errors import UserError
+from promptdistill.core.io import os_error
 from promptdistill.core.rundir import RunDir
 
 
 def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print) -> Path:
-    """Write base + adapter, merged with `merge_and_unload`, to `out` (atomically)."""
+    """Write base + adapter, merged with `merge_and_unload`, to `out` (atomically). The target
+    is checked, and its temp dir made, before the merge: a merge takes minutes, and a target
+    that cannot be written must fail before them, not after (issue #16)."""
 
     from promptdistill.models.load import load_student, load_tokenizer
 
     run.require()
     adapter = run.require_adapter()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--merged {out} is a file, not a directory; choose a new directory")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --merged directory")
     base_name = run.trained_student().model
-    log(f"merging {adapter} into {base_name} ...")
-    merged = load_student(base_name, adapter, dtype=dtype).merge_and_unload()
-    tokenizer = load_tokenizer(base_name)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        merged.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.rename(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise os_error(e, out) from None
+    try:
+        log(f"merging {adapter} into {base_name} ...")
+        merged = load_student(base_name, adapter, dtype=dtype).merge_and_unload()
+        tokenizer = load_tokenizer(base_name)
+        try:
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            if out.exists():
+                out.rmdir()  # checked empty above
+            os.rename(tmp, out)
+        except OSError as e:
+            raise os_error(e, out) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")

@@ -114,14 +114,54 @@ def load_persona(name_or_path: str, root: Path | None = None) -> LoadedPersona:
             f"{field_line(path, ('name',))}: field 'name': '{persona.name}' must match "
             f"the file name '{path.stem}'"
         )
-    # prompt sets live in a prompts/ folder beside the personas/ folder holding this file
+    # prompt sets live in a prompts/ folder beside the personas/ folder holding this file;
+    # a set listed twice is used once (else its held-out prompts are asked twice, issue #16)
     prompts_dir = path.resolve().parent.parent / "prompts"
-    sets = [load_prompt_set(s, prompts_dir, path) for s in persona.prompt_sets]
+    names = list(dict.fromkeys(persona.prompt_sets))
+    sets = [load_prompt_set(s, prompts_dir, path) for s in names]
+    if len(names) < len(persona.prompt_sets):
+        persona = persona.model_copy(update={"prompt_sets": names})
     return LoadedPersona(persona=persona, path=path, prompt_sets=sets)
+
+
+@dataclass(frozen=True)
+class PersonaEntry:
+    """One file of personas/: the persona, or why it could not be loaded."""
+
+    name: str
+    path: Path
+    loaded: LoadedPersona | None
+    error: str | None = None
+
+
+def list_personas(root: Path | None = None) -> list[PersonaEntry]:
+    """Every persona file, broken ones included (with their error): one bad file must not
+    hide the others (issue #16)."""
+    folder = (root or data_root()) / "personas"
+    out = []
+    for name in persona_names(root):
+        try:
+            out.append(PersonaEntry(name=name, path=folder / f"{name}.yaml",
+                                    loaded=load_persona(name, root)))  # fmt: skip
+        except UserError as e:
+            out.append(PersonaEntry(name=name, path=folder / f"{name}.yaml", loaded=None,
+                                    error=str(e)))  # fmt: skip
+    return out
 
 
 def load_all_personas(root: Path | None = None) -> list[LoadedPersona]:
     return [load_persona(n, root) for n in persona_names(root)]
+
+
+def same_persona(a: str, b: str, root: Path | None = None) -> bool:
+    """Do `a` and `b` (each a name or a path) name the same persona file? `tiny` and
+    `personas/tiny.yaml` do. Names that resolve to nothing compare as text."""
+    if a == b:
+        return True
+    try:
+        return persona_path(a, root).resolve() == persona_path(b, root).resolve()
+    except (UserError, OSError):
+        return False
 
 
 # --------------------------------------------------------------------------- templates
@@ -294,11 +334,13 @@ def expand_prompts(persona: LoadedPersona, n: int, seed: int = 0) -> list[UserPr
 
 
 def heldout_prompts(persona: LoadedPersona) -> list[UserPrompt]:
-    return [
-        UserPrompt(prompt_id(s.name, h.prompt), h.prompt, s.name, "heldout", "heldout", h.gold)
-        for s in persona.prompt_sets
-        for h in s.heldout
-    ]
+    """The fixed held-out prompts, each once (a prompt listed twice has one id)."""
+    out: dict[str, UserPrompt] = {}
+    for s in persona.prompt_sets:
+        for h in s.heldout:
+            pid = prompt_id(s.name, h.prompt)
+            out.setdefault(pid, UserPrompt(pid, h.prompt, s.name, "heldout", "heldout", h.gold))
+    return list(out.values())
 
 
 def count_distinct(persona: LoadedPersona) -> int:

@@ -15,7 +15,8 @@ Faults are rules, checked in order for each request; the first that applies fire
 kinds: status (any code, with optional retry-after / retry-after-ms headers), drop (close the
 connection without answering), truncate (announce a body, send half, close), malformed (200 with
 invalid JSON), empty (200, empty content), length (finish_reason "length"), content_filter,
-slow (wait `delay` seconds, then answer normally).
+slow (wait `delay` seconds, then answer normally), html (200 with a web page, as a site's root
+or a login page in front of an API answers).
 
 With `lm=(model, tokenizer)`, a tiny real model answers instead (sampled, seeded by the request's
 `seed`), so that `logprobs: true, top_logprobs: K` returns real logprobs of its tokens, and a
@@ -104,6 +105,7 @@ class FakeOpenAI:
     max_seen_in_flight: int = 0
     requests: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
+    last_query: str = ""  # the query string of the last chat request (Azure: api-version=...)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -168,6 +170,7 @@ class FakeOpenAI:
         self.requests += 1
         if self.record:
             self.last_headers = dict(request.headers)
+            self.last_query = request.query_string
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -239,6 +242,9 @@ class FakeOpenAI:
                 return web.Response(
                     body=b'{"id": "x", "choices": [{"mess', content_type="application/json"
                 )
+            if kind == "html":
+                page = "<!DOCTYPE html><html><body><h1>Welcome</h1></body></html>"
+                return web.Response(text=page, content_type="text/html")
 
         model = body.get("model", "")
         if self.lm is not None:

@@ -63,10 +63,26 @@ def run_cli(args: list[str], timeout: float = 120, **env: str) -> subprocess.Com
 
 
 def samples(run: Path) -> list[dict[str, Any]]:
-    """Every line of samples.jsonl, each required to be valid JSON."""
+    """Every line of samples.jsonl, each required to be valid JSON, as the library reads it:
+    with the system prompt (stored once, in RUN/system-prompts/) back in its messages."""
+    from promptdistill.core.samples import SampleReader
+
     path = run / "samples.jsonl"
     if not path.exists():
         return []
+    reader = SampleReader(path)
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            record = reader.expand(orjson.loads(line))
+            assert record is not None, line
+            out.append(record)
+    return out
+
+
+def raw_samples(run: Path) -> list[dict[str, Any]]:
+    """Every line of samples.jsonl as it is on disk."""
+    path = run / "samples.jsonl"
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
@@ -83,3 +99,14 @@ def user_prompt(record: dict[str, Any]) -> str:
 
 def answer(record: dict[str, Any]) -> str:
     return str(record["messages"][-1]["content"])
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The single `error: ...` line of a failed command, after checking the exit code, that
+    there is no traceback anywhere, and that stderr holds nothing else."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines
+    return lines[0]

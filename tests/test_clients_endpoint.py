@@ -166,3 +166,101 @@ def test_fake_server_streams_and_lists_models_for_other_clients() -> None:
         text, models, usage = asyncio.run(go(server.base_url))
     assert text == "answer to: stream me"
     assert models == ["fake-teacher", "other"] and usage == 4
+
+
+# --------------------------------------------------------------------------- issue #16, via the CLI
+
+
+def _cli_sample(tmp_path: Any, url: str, n: int = 4, *extra: str, **env: str) -> Any:
+    from fixtures_openai import cli_args, run_cli, write_persona
+
+    persona = write_persona(tmp_path / "data")
+    return run_cli(cli_args(persona, tmp_path / "run", n, url, "--no-heldout", *extra), **env)
+
+
+@pytest.mark.parametrize("key_in_env", [False, True])
+def test_credentials_in_the_base_url_are_refused_before_anything(
+    tmp_path: Any, key_in_env: bool
+) -> None:
+    """`user:KEY@host` would go out as Basic auth and come back in a 401 body; with a key in
+    the environment too, aiohttp raised 'Cannot combine AUTHORIZATION header'."""
+    from fixtures_openai import one_line_error
+
+    with start_fake_server() as server:
+        url = server.base_url.replace("http://", f"http://user:{KEY}@")
+        env = {"OPENAI_API_KEY": "sk-env-key-4711"} if key_in_env else {}
+        result = _cli_sample(tmp_path, url, **env)
+        requests = server.requests
+    line = one_line_error(result, 2)
+    assert "credentials in the URL" in line and "--api-key-file" in line
+    assert "environment" in line and server.base_url in line
+    assert KEY not in result.stdout + result.stderr
+    assert requests == 0 and not (tmp_path / "run").exists()
+
+
+def test_an_authorization_value_an_endpoint_echoes_is_redacted(tmp_path: Any) -> None:
+    from fixtures_openai import one_line_error
+
+    basic = "dXNlcjpzay1QUk9NUFRESVNUSUxMLVRFU1Q="  # base64 of a user:key pair
+    echo = f"Incorrect API key provided: Basic {basic}, or was it Bearer {KEY}?"
+    with start_fake_server(faults=[Fault("status", status=401, message=echo)]) as server:
+        result = _cli_sample(tmp_path, server.base_url, OPENAI_API_KEY=KEY)
+    line = one_line_error(result, 3)
+    assert "401" in line and "Basic ***" in line and "Bearer ***" in line, line
+    assert basic not in result.stdout + result.stderr and KEY not in result.stdout + result.stderr
+    failures = (tmp_path / "run" / "failures.jsonl").read_text()
+    assert basic not in failures and KEY not in failures
+
+
+def test_a_query_string_stays_at_the_end_of_the_request_url(tmp_path: Any) -> None:
+    """Azure-style `.../v1?api-version=...`: /chat/completions goes before the query."""
+    assert Transport("http://h/v1?api-version=2024-06-01", None, 1, 1).url == (
+        "http://h/v1/chat/completions?api-version=2024-06-01"
+    )
+    with start_fake_server() as server:
+        result = _cli_sample(tmp_path, server.base_url + "?api-version=2024-06-01")
+        query = server.last_query
+    assert result.returncode == 0, result.stderr
+    assert query == "api-version=2024-06-01"
+
+
+def test_a_web_page_instead_of_an_api_answer_stops_after_a_few(tmp_path: Any) -> None:
+    from fixtures_openai import one_line_error
+
+    with start_fake_server(faults=[Fault("html")]) as server:
+        start = time.monotonic()
+        result = _cli_sample(tmp_path, server.base_url, 20, "--concurrency", "1")
+        took, requests = time.monotonic() - start, server.requests
+    line = one_line_error(result, 3)
+    assert f"got text/html from {server.base_url}: is --base-url the API root" in line, line
+    assert requests <= 4 and took < 30  # a few, not 20 prompts x 8 retries
+
+
+def test_a_long_retry_after_is_said_while_waiting(tmp_path: Any) -> None:
+    """A 429 with retry-after: 3600 waits (up to the 120 s cap) and the progress line says so;
+    SIGTERM then stops it like Ctrl-C, with the line that says how to resume."""
+    import signal
+    import subprocess
+
+    from fixtures_openai import cli_args, cli_env, write_persona
+
+    limited = Fault("status", status=429, retry_after=3600, first=1)
+    with start_fake_server(faults=[limited]) as server:
+        args = cli_args(write_persona(tmp_path / "data"), tmp_path / "run", 3,
+                        server.base_url, "--no-heldout", "--log-every", "0.3")  # fmt: skip
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+        )
+        deadline = time.monotonic() + 60
+        while server.requests < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # a few progress lines
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in out + err
+    waiting = [line for line in out.splitlines() if "waiting" in line]
+    assert waiting, out
+    assert "answered 429 with retry-after 3600 s" in waiting[-1], waiting[-1]
+    assert "120 s at most" in waiting[-1]
+    assert "interrupted; everything answered is saved. Resume with:" in out

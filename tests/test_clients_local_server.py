@@ -23,6 +23,7 @@ import pytest
 
 from promptdistill.clients.local_server import free_port, running_local_teacher
 from promptdistill.core.errors import UserError
+from promptdistill.core.samples import SampleReader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_sample_without_base_url_uses_and_stops_the_local_teacher(
     assert out.index("local teacher shut down") > started.end()
     assert not listening(int(started.group(1))), "the server outlived the command"
 
-    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    records = list(SampleReader(run / "samples.jsonl").records())  # system prompt restored
     assert len(records) == 2
     for record in records:
         roles = [m["role"] for m in record["messages"]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +108,8 @@ def test_run_dir_names_every_file_and_knows_the_trained_student(tmp_path: Path) 
     from promptdistill.core.rundir import STAGE_FILES
 
     run = RunDir(tmp_path / "run").create()
-    named = {p.name for p in (run.samples, run.failures, run.datums, run.checkpoints,
+    named = {p.name for p in (run.samples, run.failures, run.system_prompts, run.datums,
+                              run.checkpoints,
                               run.adapter, run.metrics, run.loss_png, run.report_json,
                               run.report_md, run.report_answers)}  # fmt: skip
     named |= {run.report_plot(k).name for k in ("loss", "metrics", "judge")}
@@ -118,3 +121,108 @@ def test_run_dir_names_every_file_and_knows_the_trained_student(tmp_path: Path) 
     assert run.trained_student().model == "/m/base"
     run.save_stage_config("train", {"student": {"model": "other", "dtype": "fp32"}})
     assert run.trained_student().model == "other"
+
+
+# --------------------------------------------------------------------------- OS errors (#16)
+# A full disk, a file-size limit and a read-only directory, made for real (tests/fs_faults.py):
+# each gives one line naming the path and what to do, no traceback, and no torn or lost line.
+
+
+def _sample_args(tmp_path: Path, run: Path, n: int, url: str) -> list[str]:
+    from fixtures_openai import cli_args, write_persona
+
+    return cli_args(write_persona(tmp_path / "data"), run, n, url, "--no-heldout")
+
+
+def _intact(run: Path, at_least: int) -> set[str]:
+    """Every line of samples.jsonl is whole JSON; returns the ids (each once)."""
+    from fixtures_openai import samples
+
+    records = samples(run)  # raises on a torn line
+    ids = {r["id"] for r in records}
+    assert len(ids) == len(records) >= at_least
+    return ids
+
+
+@pytest.mark.parametrize("fault", ["file-size limit", "full tmpfs"])
+def test_disk_full_mid_sample_is_one_line_and_a_rerun_goes_on(tmp_path: Path, fault: str) -> None:
+    from fake_openai import start_fake_server
+    from fixtures_openai import cli_env, one_line_error
+    from fs_faults import file_size_limit, remount, tmpfs
+
+    with contextlib.ExitStack() as stack:
+        if fault == "full tmpfs":
+            run = stack.enter_context(tmpfs(tmp_path / "disk", 64 * 1024)) / "run"
+            limit = None
+            advice = "the disk is full"
+        else:
+            run, limit = tmp_path / "run", file_size_limit(40_000)
+            advice = "larger than this system allows"
+        server = stack.enter_context(start_fake_server(answer_words=20))
+        args = _sample_args(tmp_path, run, 400, server.base_url)
+        env = cli_env(PYTHONDONTWRITEBYTECODE="1")
+        full = subprocess.run(
+            args, capture_output=True, text=True, timeout=120, env=env, preexec_fn=limit
+        )
+        line = one_line_error(full, 2)
+        assert "samples.jsonl" in line and advice in line and "rerun" in line, line
+        kept = _intact(run, at_least=20)  # no torn last line, nothing twice
+        assert len(kept) < 400 and f"[{len(kept)} answers kept in" in line, line
+        if fault == "full tmpfs":
+            remount(run.parent, "size=4m")
+        again = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+        assert again.returncode == 0, again.stderr
+        before = re.search(r"answered before this run\W+(\d+)", again.stdout)
+        assert before and int(before.group(1)) == len(kept), again.stdout
+        assert len(_intact(run, at_least=400)) == 400
+        assert all(k <= 2 for k in server.asked.values())  # those in flight when it filled
+
+
+@pytest.mark.parametrize("fault", ["file-size limit", "full tmpfs"])
+def test_disk_full_at_the_start_is_one_line(tmp_path: Path, fault: str) -> None:
+    from fixtures_openai import cli_env, one_line_error
+    from fs_faults import file_size_limit, fill, tmpfs
+
+    with contextlib.ExitStack() as stack:
+        if fault == "full tmpfs":
+            disk = stack.enter_context(tmpfs(tmp_path / "disk", 64 * 1024))
+            fill(disk)
+            run, limit, advice = disk / "run", None, "the disk is full"
+        else:
+            run, limit = tmp_path / "run", file_size_limit(16)
+            advice = "larger than this system allows"
+        args = _sample_args(tmp_path, run, 5, "http://127.0.0.1:9/v1")
+        result = subprocess.run(
+            args, capture_output=True, text=True, timeout=120, preexec_fn=limit,
+            env=cli_env(PYTHONDONTWRITEBYTECODE="1"),
+        )  # fmt: skip
+        line = one_line_error(result, 2)
+        assert str(run / "config.yaml") in line and advice in line, line
+
+
+def test_a_run_on_a_read_only_file_system_is_one_line(tmp_path: Path) -> None:
+    from fake_openai import start_fake_server
+    from fixtures_openai import one_line_error, run_cli
+    from fs_faults import read_only_dir
+
+    with read_only_dir(tmp_path / "ro") as ro:
+        result = run_cli(_sample_args(tmp_path, ro / "run", 5, "http://127.0.0.1:9/v1"))
+        line = one_line_error(result, 2)
+        assert f"cannot create run directory {ro / 'run'}" in line
+        assert "read-only" in line or "permission denied" in line, line
+
+    # a run that became read-only after it was sampled: its samples stay as they are
+    if os.geteuid() != 0:
+        pytest.skip("a run made read-only after sampling needs a remountable tmpfs (root)")
+    from fs_faults import remount, tmpfs
+
+    with tmpfs(tmp_path / "disk", 1 << 20) as disk, start_fake_server() as server:
+        args = _sample_args(tmp_path, disk / "run", 5, server.base_url)
+        assert run_cli(args).returncode == 0
+        before = (disk / "run" / "samples.jsonl").read_bytes()
+        remount(disk, "ro")
+        more = args[: args.index("-n") + 1] + ["8"] + args[args.index("-n") + 2 :]
+        line = one_line_error(run_cli(more), 2)
+        assert str(disk / "run") in line and "read-only" in line, line
+        assert (disk / "run" / "samples.jsonl").read_bytes() == before
+        remount(disk, "rw")

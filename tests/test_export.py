@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,32 @@ def test_export_without_adapter_is_a_user_error(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run").create()
     with pytest.raises(UserError, match="no trained adapter"):
         export_merged(run, tmp_path / "out")
+
+
+@pytest.mark.parametrize("target", ["a file", "read-only"])
+def test_an_unwritable_target_fails_before_the_merge(tmp_path: Path, target: str) -> None:
+    """`--merged` at a file or on a read-only file system was a traceback, and only after the
+    whole merge (issue #16); the target is checked first."""
+    import contextlib
+
+    from fixtures_openai import one_line_error
+    from fs_faults import read_only_dir
+
+    run = RunDir(tmp_path / "run").create()
+    run.adapter.mkdir()
+    (run.adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/no/model"}')
+    with contextlib.ExitStack() as stack:
+        if target == "a file":
+            out = tmp_path / "merged.bin"
+            out.write_bytes(b"keep me")
+            said = "is a file, not a directory"
+        else:
+            out = stack.enter_context(read_only_dir(tmp_path / "ro")) / "merged"
+            said = "read-only" if os.geteuid() == 0 else "permission denied"
+        cmd = [sys.executable, "-m", "promptdistill", "export", str(run.path), "--merged", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+        line = one_line_error(r, 2)
+        assert str(out) in line and said in line, line
+        assert "merging" not in r.stdout  # no model was loaded
+    if target == "a file":
+        assert out.read_bytes() == b"keep me"

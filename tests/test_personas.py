@@ -183,6 +183,19 @@ BAD_CASES = {
         "prompts/pirate.yaml",
         "YAML syntax error",
     ),
+    # issue #16: a blank prompt was accepted; a quote never closed was reported at the file's end
+    "whitespace-only system prompt": (
+        GOOD_PERSONA.replace("|\n  You are a pirate.\n", '"  \\n "\n'),
+        GOOD_PROMPTS,
+        "personas/pirate.yaml:3",
+        "system_prompt': Value error, the system prompt is blank",
+    ),
+    "unterminated quote": (
+        GOOD_PERSONA.replace("description: A pirate", 'description: "A pirate'),
+        GOOD_PROMPTS,
+        "personas/pirate.yaml:2",
+        "a quoted scalar opened here is never closed",
+    ),
 }
 
 
@@ -210,3 +223,37 @@ def test_unknown_persona_lists_the_known_ones(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "unknown persona 'parrot'" in result.stderr and "pirate" in result.stderr
+
+
+@pytest.mark.slow
+def test_personas_lists_the_good_ones_and_flags_the_broken_and_the_too_long(
+    tmp_path: Path,
+) -> None:
+    """One broken persona file made `personas` fail as a whole (issue #16); now it is listed
+    as broken with its error, and a prompt longer than the model's context is flagged."""
+    _write(tmp_path, GOOD_PERSONA, GOOD_PROMPTS)
+    (tmp_path / "personas/broken.yaml").write_text(GOOD_PERSONA.replace("name: pirate", "name: ["))
+    long_prompt = " ".join(f"rule{i}" for i in range(9000))  # > 8192 tokens
+    (tmp_path / "personas/verbose.yaml").write_text(
+        GOOD_PERSONA.replace("name: pirate", "name: verbose").replace(
+            "You are a pirate.", long_prompt
+        )
+    )
+    env = {**os.environ, "PROMPTDISTILL_DATA": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "promptdistill", "personas"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines()
+            if line.count("│") > 2}  # fmt: skip
+    assert "pirate" in rows and "A pirate" in rows["pirate"]
+    assert "broken" in rows and "broken" in rows["broken"].split("│")[2]
+    assert "verbose" in rows and "> 8192" in rows["verbose"]
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(said) == 2, result.stderr
+    assert said[0].startswith("warning: persona 'broken' is broken: ")
+    assert f"{tmp_path / 'personas/broken.yaml'}:" in said[0] and "YAML syntax" in said[0]
+    assert "warning: the system prompt of persona 'verbose' is" in said[1]
+    assert "longer than the context of smollm2-135m (8192 tokens)" in said[1]

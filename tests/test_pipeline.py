@@ -83,6 +83,10 @@ def test_run_end_to_end_then_skip_resume_and_redo(setup: tuple[Path, Path]) -> N
         assert again.stdout.count("up to date, skipped") == 3
         assert server.asked == asked
         assert (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
+        # ... and by the persona's path instead of its name: the same file (issue #16)
+        by_path = _run(["run", str(root / "personas" / "tiny.yaml"), "-n", "24", *common], root)
+        assert by_path.returncode == 0, by_path.stderr
+        assert by_path.stdout.count("up to date, skipped") == 3 and server.asked == asked
 
         # 3. a training flag changes: training and eval are redone, samples are kept
         changed = _run(["run", "tiny", "-n", "24", *common, "--lr", "0.002"], root)
@@ -100,6 +104,8 @@ def test_run_end_to_end_then_skip_resume_and_redo(setup: tuple[Path, Path]) -> N
         assert "sample configuration changed" in resampled.stdout
         assert all(server.asked[p] == 2 for p in sampled)  # asked again, at the new setting
         assert any((d / "samples.jsonl").exists() for d in (run / "superseded").iterdir())
+        # the stored system prompt goes aside with the samples that name it
+        assert any((d / "system-prompts").is_dir() for d in (run / "superseded").iterdir())
         assert len(_lines(run / "samples.jsonl")) == 28
 
     listing = _run(["runs", str(root / "runs")], root)

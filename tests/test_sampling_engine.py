@@ -220,3 +220,28 @@ def test_a_400_for_every_request_stops_the_run_instead_of_failing_every_prompt(
         asked = server.requests
     assert "refused the first" in message and "max_tokens" in message and "--max-tokens" in message
     assert asked < 10  # stopped at once, not after 200 requests
+
+
+def test_sampling_gives_back_the_signal_handlers_it_borrowed(tmp_path: Path) -> None:
+    """SIGINT and SIGTERM stop sampling (issue #16); afterwards the handlers that were there
+    (the CLI's SIGTERM exit, which `run` needs while it trains) are back, not SIG_DFL."""
+    import io
+    import signal
+
+    def mine(_signum: int, _frame: object) -> None:
+        raise AssertionError("not called")
+
+    persona = write_persona(tmp_path)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, mine)
+    try:
+        with start_fake_server() as server:
+            config = _config(persona, 3, server.base_url)
+            quiet = Console(file=io.StringIO())
+            summary = sample_run(config, RunDir(tmp_path / "run"), console=quiet, live=False)
+        assert summary.complete
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

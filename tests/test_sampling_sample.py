@@ -10,12 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fake_openai import Fault, free_port, start_fake_server
 from fixtures_openai import (
+    TINY_SYSTEM,
     answer,
     cli_args,
     cli_env,
     failures,
+    one_line_error,
+    raw_samples,
     run_cli,
     samples,
     user_prompt,
@@ -269,3 +273,144 @@ def test_environment_key_default_is_optional_for_local_endpoints(tmp_path: Path)
         )  # fmt: skip
         assert "Authorization" not in server.last_headers
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- issue #16
+
+
+def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path) -> None:
+    persona = write_persona(tmp_path)
+    run = tmp_path / "run"
+    with start_fake_server(latency=0.2) as server:
+        args = cli_args(persona, run, 60, server.base_url, "--no-heldout", "--concurrency", "4")
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+        )
+        _wait_for_lines(run / "samples.jsonl", 8, proc)
+        proc.send_signal(signal.SIGTERM)  # what `kill` and `timeout` send
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 143, (out, err)
+        assert "Traceback" not in out + err
+        assert "Resume with: promptdistill sample" in " ".join(out.split())
+        kept = len(samples(run))
+        assert 8 <= kept < 60
+        result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    records = samples(run)
+    assert len(records) == 60 and len({r["id"] for r in records}) == 60
+
+
+def test_the_system_prompt_is_stored_once_per_run(tmp_path: Path) -> None:
+    """A 400 KB persona prompt is stored once, in RUN/system-prompts/, not in every record; the
+    records name it by its hash and read back with it, as before. A prompt longer than the
+    student's context (8192 tokens for smollm2-135m) is warned about."""
+    persona = write_persona(tmp_path)
+    long_prompt = "You are Tiny. " + "Remember the rule number %d well. " * 12_000
+    text = persona.read_text().replace(TINY_SYSTEM, "SYSTEM")
+    persona.write_text(text.replace("SYSTEM", long_prompt % tuple(range(12_000))))
+    run = tmp_path / "run"
+    with start_fake_server() as server:
+        result = run_cli(cli_args(persona, run, 3, server.base_url, "--no-heldout"))
+    assert result.returncode == 0, result.stderr
+    from promptdistill.core.samples import prompt_hash
+
+    system = yaml.safe_load(persona.read_text())["system_prompt"]
+    assert len(system) > 400_000  # (the fake server takes request bodies up to 1 MB)
+    key = prompt_hash(system)
+    assert (run / "system-prompts" / f"{key}.txt").read_text() == system
+    assert (run / "samples.jsonl").stat().st_size < 3_000  # not 1.2 MB
+    for raw in raw_samples(run):
+        assert raw["system_prompt"] == key
+        assert [m["role"] for m in raw["messages"]] == ["user", "assistant"]
+    for record in samples(run):  # as every stage reads them
+        assert record["messages"][0] == {"role": "system", "content": system}
+    said = " ".join(result.stdout.split())
+    assert "warning: the system prompt of persona 'tiny' is" in said
+    assert "longer than the context of smollm2-135m (8192 tokens)" in said
+
+
+def test_a_prompt_set_listed_twice_is_asked_once(tmp_path: Path) -> None:
+    persona = write_persona(tmp_path)
+    persona.write_text(persona.read_text().replace("- tiny", "- tiny\n- tiny"))
+    assert yaml.safe_load(persona.read_text())["prompt_sets"] == ["tiny", "tiny"]
+    run = tmp_path / "run"
+    with start_fake_server() as server:
+        first = run_cli(cli_args(persona, run, 5, server.base_url))
+        again = run_cli(cli_args(persona, run, 5, server.base_url))
+        asked = dict(server.asked)
+    assert first.returncode == 0 and again.returncode == 0, first.stdout + again.stdout
+    assert "all 8 prompts answered" in " ".join(again.stdout.split())  # 5 + 3 held out
+    assert len(samples(run)) == 8 and max(asked.values()) == 1
+
+
+def test_a_run_with_more_samples_than_n_says_so(tmp_path: Path) -> None:
+    persona = write_persona(tmp_path)
+    run = tmp_path / "run"
+    with start_fake_server() as server:
+        assert run_cli(cli_args(persona, run, 6, server.base_url, "--no-heldout")).returncode == 0
+        fewer = run_cli(cli_args(persona, run, 3, server.base_url, "--no-heldout"))
+    assert fewer.returncode == 0, fewer.stderr
+    said = " ".join(fewer.stdout.split())
+    assert "holds 3 more training samples than -n 3 asks for" in said and "new --run" in said
+    assert len(samples(run)) == 6  # nothing removed
+
+
+def test_the_same_persona_by_name_and_by_path_resumes(tmp_path: Path) -> None:
+    persona = write_persona(tmp_path)
+    run = tmp_path / "run"
+    with start_fake_server() as server:
+        by_path = run_cli(cli_args(persona, run, 4, server.base_url, "--no-heldout"))
+        by_name = run_cli(
+            cli_args("tiny", run, 6, server.base_url, "--no-heldout"),
+            PROMPTDISTILL_DATA=str(tmp_path),
+        )
+        assert server.requests == 6
+    assert by_path.returncode == 0 and by_name.returncode == 0, by_name.stderr
+    assert len(samples(run)) == 6
+
+
+def test_an_invalid_base_url_creates_nothing(tmp_path: Path) -> None:
+    persona = write_persona(tmp_path)
+    result = run_cli(cli_args(persona, tmp_path / "run", 5, "ftp://example.com/v1"))
+    line = one_line_error(result, 2)
+    assert "--base-url" in line and "not an http(s) URL" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        (b"sample:\n  persona: tiny\n  n: [1, 2\n", "config.yaml:3: YAML syntax error"),
+        (b"sample: \xff\xfe\n", "config.yaml: not UTF-8"),
+        (b"- a list\n- not stages\n", "config.yaml: expected a mapping of stages"),
+    ],
+)
+def test_a_bad_config_yaml_is_one_line_naming_it(tmp_path: Path, config: bytes, said: str) -> None:
+    persona = write_persona(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(config)
+    result = run_cli(cli_args(persona, run, 5, "http://127.0.0.1:9/v1"))
+    line = one_line_error(result, 2)
+    assert said in line, line
+    assert (run / "config.yaml").read_bytes() == config  # left as it was
+
+
+def test_lines_that_are_not_records_are_named_and_skipped(tmp_path: Path) -> None:
+    """A line that is JSON but not a sample record (`[1, 2]`, `"messages": "oops"`) was an
+    AttributeError; now it is skipped, as a torn line is, with its file and line."""
+    persona = write_persona(tmp_path)
+    run = tmp_path / "run"
+    with start_fake_server() as server:
+        args = cli_args(persona, run, 5, server.base_url, "--no-heldout")
+        assert run_cli(args).returncode == 0
+        lines = (run / "samples.jsonl").read_bytes().splitlines(keepends=True)
+        bad = [b"[1, 2]\n", b'{"id": "x", "messages": "oops"}\n']
+        (run / "samples.jsonl").write_bytes(b"".join(lines[:2] + bad + lines[2:]))
+        result = run_cli(args)
+        assert server.requests == 5  # nothing asked again
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert f"{run / 'samples.jsonl'}:3: a JSON list, not a record" in said
+    assert f"{run / 'samples.jsonl'}:4: 'messages' is not a list of" in said
+    assert "all 5 prompts answered" in said

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -322,3 +324,120 @@ def test_two_processes_train_data_parallel_on_cpu(tmp_path: Path, tiny_model: Pa
     assert (run.file("adapter") / "adapter_model.safetensors").exists()
     config = run.stage_config("train")
     assert config is not None and config["world_size"] == 2
+
+
+# --------------------------------------------------------------------------- issue #16
+
+
+@pytest.fixture(scope="module")
+def smol_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with SmolLM2's real tokenizer: its BPE can fail the prefix check."""
+    from tiny import make_tiny_smollm_model
+
+    return make_tiny_smollm_model(tmp_path_factory.mktemp("smol") / "model")
+
+
+def _answer(record: dict[str, Any], text: str) -> bytes:
+    record["messages"][-1]["content"] = text
+    return orjson.dumps(record) + b"\n"
+
+
+@pytest.mark.slow
+def test_bad_samples_are_skipped_counted_and_named_not_fatal(
+    tmp_path: Path, smol_tiny: Path
+) -> None:
+    """Empty and whitespace-only answers, an answer whose rendering fails the prefix check,
+    and lines that are not records: each skipped and counted, the training goes on."""
+    run = RunDir(tmp_path / "run").create()
+    records = write_samples(run.file("good.jsonl"), 40)
+    lines = [orjson.dumps(r) + b"\n" for r in records]
+    lines[3] = _answer(records[3], "")
+    lines[4] = _answer(records[4], "   \n ")
+    lines[5] = _answer(records[5], "\n\nAh, a blank line first!")  # "\n\n" merges: no prefix
+    lines[6:6] = [b"[1, 2]\n", b'{"id": "x", "messages": "oops"}\n']
+    run.samples.write_bytes(b"".join(lines))
+    r = cli("train", str(run.path), "--student", str(smol_tiny), "--steps", "2", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    said = " ".join(r.stdout.split())
+    assert "2 empty" in said
+    prefix = "1 skipped (their rendered prompt is not a token prefix of the conversation: "
+    assert f"{prefix}'{records[5]['id']}')" in said
+    lines_said = (
+        f"skipped 2 lines of samples that are not a sample record: {run.samples}:7: a JSON "
+        f"list, not a record (an object); {run.samples}:8: 'messages' is not a list"
+    )
+    assert "".join(lines_said.split()) in "".join(said.split()), said  # wrapped at 80 columns
+    stats = json.loads(run.file("datums/stats.json").read_text())
+    assert stats["examples"] == 40 - 3 and stats["empty"] == 2 and stats["prefix_failed"] == 1
+    assert run.file("adapter/adapter_config.json").exists()
+
+
+def test_most_records_failing_the_prefix_check_refuse_the_template(
+    tmp_path: Path, smol_tiny: Path
+) -> None:
+    run = RunDir(tmp_path / "run").create()
+    records = write_samples(run.file("good.jsonl"), 6)
+    lines = [_answer(r, "\n\nBlank first.") if i < 4 else orjson.dumps(r) + b"\n"
+             for i, r in enumerate(records)]  # fmt: skip
+    run.samples.write_bytes(b"".join(lines))
+    r = cli("train", str(run.path), "--student", str(smol_tiny), "--steps", "1", *TINY)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, r.stderr
+    assert "is not prefix-stable: for 4 of 6 samples (first: " in errors[0]
+    assert repr(records[0]["id"]) in errors[0] and "ChatML" in errors[0]
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_checkpoint_then_resume_keeps_every_step(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """The step of a checkpoint was logged one step late, so a kill between the checkpoint and
+    the next step lost its metrics line for good (issue #16)."""
+    run = new_run(tmp_path)
+    args = ["--student", str(tiny_model), "--steps", "5000", "--save-every", "1", "--eval-every",
+            "3", "--schedule", "constant", *TINY]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "promptdistill", "train", str(run.path), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and len(train_losses(run)) < 4:
+        assert proc.poll() is None, "train exited early"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # wherever it is: mid-step, mid-checkpoint, between them
+    proc.wait()
+    from promptdistill.training.checkpoint import checkpoint_dirs
+
+    last = int(checkpoint_dirs(run)[-1].name.removeprefix("step-"))
+    assert set(range(1, last + 1)) <= set(train_losses(run))  # on disk before the checkpoint
+    r = cli("train", str(run.path), "--steps", str(last + 3))
+    assert r.returncode == 0, r.stderr
+    assert sorted(train_losses(run)) == list(range(1, last + 4))  # each step once
+    evals = [m["step"] for m in read_jsonl(run.file("metrics.jsonl")) if m["type"] == "eval"]
+    assert sorted(set(evals)) == evals  # each validation once ...
+    assert all(s in evals for s in range(0, last + 1, 3))  # ... and none lost
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_training_is_one_line_and_a_rerun_goes_on(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """RLIMIT_FSIZE makes a write past the limit fail with EFBIG, as a full disk would
+    (tests/fs_faults.py): one line naming the file, no traceback; a rerun trains."""
+    from fs_faults import file_size_limit
+
+    run = new_run(tmp_path, 60)
+    args = ["train", str(run.path), "--student", str(tiny_model), "--steps", "4",
+            "--save-every", "2", *TINY]  # fmt: skip
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    full = cli(*args, preexec_fn=file_size_limit(20_000), env=env)
+    assert full.returncode == 2, full.stderr
+    assert "Traceback" not in full.stdout + full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, full.stderr
+    assert str(run.path) in errors[0] and "larger than this system allows" in errors[0]
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(train_losses(run)) == [1, 2, 3, 4]

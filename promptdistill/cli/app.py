@@ -13,11 +13,14 @@ import signal
 import sys
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from promptdistill.cli import compare, data, evaluate, pipeline, sample, teacher, train
 from promptdistill.core.errors import UserError
+from promptdistill.core.io import as_os_error, os_error
+from promptdistill.core.redact import redact_auth
 
 
 def build_app() -> typer.Typer:
@@ -56,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         _print_error(str(e))
         return e.exit_code
+    except ValidationError as e:  # a model built from flags somewhere without core.merge
+        first = e.errors()[0]
+        names = [p for p in first["loc"] if isinstance(p, str)]
+        _print_error(f"--{(names[-1] if names else 'option').replace('_', '-')}: {first['msg']}")
+        return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
@@ -69,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["promptdistill", *(argv if argv is not None else sys.argv[1:])[:1]])
         _print_error(f"{message} (see `{command} --help`)")
         return int(getattr(e, "exit_code", 2))
+    except Exception as e:  # the last boundary: an OS error no stage converted (issue #16)
+        found = as_os_error(e)  # also one a library wrapped (safetensors: "os error 28")
+        if found is None:
+            raise
+        _print_error(str(os_error(found)))
+        return 2
     return rc if isinstance(rc, int) else 0
 
 
@@ -77,8 +91,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _print_error(message: str) -> None:
+    # redact_auth: whatever an endpoint echoed, no Authorization value reaches the terminal
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        "[bold red]error:[/] " + escape(" ".join(message.split())), markup=True
+        "[bold red]error:[/] " + escape(redact_auth(" ".join(message.split()))), markup=True
     )
 
 

@@ -50,21 +50,23 @@ def compare(
     """
     import contextlib
 
+    from promptdistill.clients.endpoint import normalize_base_url
     from promptdistill.compare.session import open_session, repl, stream_reader, terminal_reader
     from promptdistill.compare.view import JsonView, PlainView, RichView, View
     from promptdistill.core.config import CompareConfig
+    from promptdistill.core.merge import validate
     from promptdistill.core.rundir import RunDir
 
-    cfg = CompareConfig(
-        base_url=base_url,
-        model=model,
-        api_key_env=api_key_env,
-        api_key_file=api_key_file,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        seed=seed,
-        base=base,
-    )
+    if base_url is not None:
+        normalize_base_url(base_url)
+    cfg = validate(
+        CompareConfig,
+        {
+            "base_url": base_url, "model": model, "api_key_env": api_key_env,
+            "api_key_file": api_key_file, "temperature": temperature, "max_tokens": max_tokens,
+            "seed": seed, "base": base,
+        },
+    )  # fmt: skip
     interactive = not prompt and sys.stdin.isatty()
     view: View
     if json_out:
@@ -74,7 +76,8 @@ def compare(
     else:
         view = PlainView()
     with contextlib.ExitStack() as stack:
-        session = open_session(RunDir(run_dir), cfg, stack, view.info)
+        run = stack.enter_context(RunDir(run_dir).require().locked())  # it writes compare.jsonl
+        session = open_session(run, cfg, stack, view.info)
         if prompt:
             read = stream_reader(prompt)
         elif interactive:

@@ -6,9 +6,10 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from promptdistill.cli.common import stdout
+from promptdistill.cli.common import stderr, stdout
 
 
 def personas(
@@ -16,23 +17,44 @@ def personas(
         str, typer.Option(help="Model whose tokenizer counts the system-prompt tokens.")
     ] = "smollm2-135m",
 ) -> None:
-    """List the personas with their system prompt's token count."""
-    from promptdistill.models.chat import Renderer
-    from promptdistill.models.load import load_tokenizer
-    from promptdistill.personas import load_all_personas
+    """List the personas with their system prompt's token count.
 
-    loaded = load_all_personas()
+    A persona file that does not load is listed as broken, with its error, and the others are
+    listed as usual. A system prompt longer than the model's context is flagged."""
+    from promptdistill.models.chat import Renderer
+    from promptdistill.models.context import overlong_prompt
+    from promptdistill.models.load import load_tokenizer
+    from promptdistill.personas import list_personas
+
+    entries = list_personas()
     count = Renderer(load_tokenizer(tokenizer)).count
     table = Table("persona", "description", "prompt sets", "system tokens", "words")
-    for p in loaded:
+    notes: list[str] = []
+    for entry in entries:
+        p = entry.loaded
+        if p is None:
+            table.add_row(entry.name, f"[red]broken:[/] {escape(entry.error or '')}", "", "", "")
+            notes.append(f"[yellow]warning:[/] persona '{entry.name}' is broken: "
+                         f"{escape(entry.error or '')}")  # fmt: skip
+            continue
+        tokens = str(count(p.persona.system_prompt))
+        if (over := overlong_prompt(p.persona.system_prompt, tokenizer, count)) is not None:
+            tokens = f"[yellow]{over[0]} > {over[1]}[/]"
+            notes.append(
+                f"[yellow]warning:[/] the system prompt of persona '{p.name}' is {over[0]} "
+                f"tokens, longer than the context of {tokenizer} ({over[1]} tokens): the local "
+                "teacher, eval and kd cannot see all of it there"
+            )
         table.add_row(
             p.name,
             p.persona.description,
             ", ".join(p.persona.prompt_sets),
-            str(count(p.persona.system_prompt)),
+            tokens,
             str(len(p.persona.system_prompt.split())),
         )
     stdout().print(table)
+    for note in notes:
+        stderr().print(note, soft_wrap=True)
 
 
 def prompts(

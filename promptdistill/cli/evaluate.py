@@ -61,7 +61,9 @@ def eval_command(
     """Measure whether the student became the persona, and what it saves; write RUN/report.*"""
     import re
 
+    from promptdistill.clients.endpoint import normalize_base_url
     from promptdistill.core.config import EvalConfig, JudgeConfig
+    from promptdistill.core.merge import validate
     from promptdistill.core.rundir import RunDir
 
     try:
@@ -72,20 +74,21 @@ def eval_command(
         raise UserError("--model is required with --base-url (the teacher model's name)")
     if judge_url is not None and judge_model is None:
         raise UserError("--judge-model is required with --judge-url (the judge model's name)")
-    cfg = EvalConfig(
-        base_url=base_url,
-        model=model,
-        api_key_env=api_key_env,
-        judge=JudgeConfig(enabled=not no_judge, base_url=judge_url, model=judge_model, seed=seed),
-        price_in=price_in,
-        price_out=price_out,
-        max_heldout=max_heldout,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        answer_pattern=answer_pattern,
-        batch_size=batch_size,
-        latency_requests=latency_requests,
-    )
+    if base_url is not None:
+        normalize_base_url(base_url)
+    if judge_url is not None:
+        normalize_base_url(judge_url, flag="--judge-url")
+    judge = {"enabled": not no_judge, "base_url": judge_url, "model": judge_model, "seed": seed}
+    cfg = validate(
+        EvalConfig,
+        {
+            "base_url": base_url, "model": model, "api_key_env": api_key_env,
+            "judge": validate(JudgeConfig, judge), "price_in": price_in, "price_out": price_out,
+            "max_heldout": max_heldout, "max_new_tokens": max_new_tokens, "seed": seed,
+            "answer_pattern": answer_pattern, "batch_size": batch_size,
+            "latency_requests": latency_requests,
+        },
+    )  # fmt: skip
     from promptdistill.evaluation.report import (
         compare_reports,
         load_report,
@@ -100,14 +103,15 @@ def eval_command(
     other = load_report(Path(against)) if against else None  # fail early, before the work
     from promptdistill.evaluation.evaluate import evaluate_and_write
 
-    # with --against, an up-to-date RUN/report.json is reused rather than recomputed
-    report = evaluate_and_write(
-        run, cfg, say=lambda m: err.print(f"[dim]{m}[/]"), reuse=against is not None
-    )
-    print_summary(console, report)
-    console.print(f"report: {run.report_md} and {run.report_json}")
-    if other is not None:
-        diff = compare_reports(report, other)
-        print_comparison(console, diff)
-        json_path, md_path = write_comparison(run, diff)
-        console.print(f"comparison: {md_path} and {json_path}")
+    with run.locked():  # one command writes a run at a time (core/rundir.py)
+        # with --against, an up-to-date RUN/report.json is reused rather than recomputed
+        report = evaluate_and_write(
+            run, cfg, say=lambda m: err.print(f"[dim]{m}[/]"), reuse=against is not None
+        )
+        print_summary(console, report)
+        console.print(f"report: {run.report_md} and {run.report_json}")
+        if other is not None:
+            diff = compare_reports(report, other)
+            print_comparison(console, diff)
+            json_path, md_path = write_comparison(run, diff)
+            console.print(f"comparison: {md_path} and {json_path}")

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from promptdistill.cli.common import stdout
+from promptdistill.cli.common import stderr, stdout
 from promptdistill.core.errors import UserError
 
 
@@ -143,8 +144,12 @@ def runs(
         return "—" if value is None else f"{value:.2f}"
 
     table = Table("run", "persona", "sample", "train", "eval", "prompt effect", "classifier")
-    for status in list_runs(root):
+    statuses = list_runs(root)
+    for status in statuses:
         h = status.headline
+        if status.broken is not None:
+            table.add_row(str(status.path), "[red]broken[/]", "", "", "", "", "")
+            continue
         table.add_row(
             str(status.path),
             status.persona,
@@ -158,3 +163,9 @@ def runs(
         stdout().print(f"no runs in {root}; start one with `promptdistill run PERSONA`")
         return
     stdout().print(table)
+    for status in statuses:  # one line each, after the table, with the reason
+        if status.broken is not None:
+            stderr().print(
+                f"[yellow]warning:[/] {status.path} is broken: {escape(status.broken)}",
+                soft_wrap=True,
+            )

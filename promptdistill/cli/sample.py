@@ -27,7 +27,7 @@ def sample(
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at most.")] = 64,
     rpm: Annotated[
-        float | None, typer.Option(min=0.001, help="Requests per minute, spread evenly.")
+        float | None, typer.Option(min=1, help="Requests per minute, spread evenly.")
     ] = None,
     tpm: Annotated[
         float | None, typer.Option(min=1, help="Tokens per minute (prompt + answer).")
@@ -40,7 +40,7 @@ def sample(
         float | None, typer.Option(min=0.0, max=2.0, help="Default: the persona's.")
     ] = None,
     top_p: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Default: the persona's.")
+        float | None, typer.Option(min=0.0, max=1.0, help="Default: the persona's (above 0).")
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Sampling seed sent to the teacher (default: the persona's).")
@@ -65,7 +65,8 @@ def sample(
         ),
     ] = None,
     log_every: Annotated[
-        float, typer.Option(help="Seconds between progress lines when stdout is not a terminal.")
+        float,
+        typer.Option(min=0.1, help="Seconds between progress lines when stdout is not a terminal."),
     ] = 5.0,
 ) -> None:
     """Ask the teacher to answer N prompts of PERSONA; store them in RUN/samples.jsonl.
@@ -74,6 +75,7 @@ def sample(
     """
     import shlex
 
+    from promptdistill.clients.endpoint import normalize_base_url
     from promptdistill.core.config import SampleConfig
     from promptdistill.core.merge import merge, validate
     from promptdistill.core.rundir import RunDir
@@ -83,6 +85,8 @@ def sample(
 
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")
+    if base_url is not None:
+        normalize_base_url(base_url)  # before anything is created (issue #16)
     loaded = load_persona(persona)
     flags = {
         "persona": persona,
@@ -102,6 +106,7 @@ def sample(
         SampleConfig, merge({"sampling": loaded.persona.sampling.model_dump()}, flags)
     )
     console = stdout()
+    # sample_run checks what it can, then creates the run and holds its lock (core/rundir.py)
     summary = sample_run(
         config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded
     )
@@ -112,7 +117,7 @@ def sample(
     again = shlex.join(["promptdistill", *sys.argv[1:]])
     if summary.interrupted:
         console.print(f"interrupted; everything answered is saved. Resume with: {again}")
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (summary.stop_signal or 2))
     console.print(
         f"{summary.failed} prompts failed (see {RunDir(run_dir).failures}); "
         f"rerun the same command to ask them again: {again}"

@@ -118,8 +118,10 @@ def train(
             "onpolicy_fraction": onpolicy_fraction, "teacher_model": teacher_model,
         },
     }  # fmt: skip
-    student_cfg, datum_cfg, train_cfg = resolve_configs(run_dir, flags, fresh=fresh)
-    result = train_run(run_dir, student_cfg, datum_cfg, train_cfg, stdout(), fresh=fresh)
+    resolve_configs(run_dir, flags, fresh=fresh)  # a bad flag fails before the run is touched
+    with run_dir.locked():  # one command writes a run at a time (core/rundir.py)
+        student_cfg, datum_cfg, train_cfg = resolve_configs(run_dir, flags, fresh=fresh)
+        result = train_run(run_dir, student_cfg, datum_cfg, train_cfg, stdout(), fresh=fresh)
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -133,4 +135,5 @@ def export(
     from promptdistill.export import export_merged
 
     console = stdout()
-    export_merged(RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True))
+    with RunDir(run).require().locked():  # train must not replace the adapter meanwhile
+        export_merged(RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True))

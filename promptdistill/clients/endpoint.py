@@ -20,7 +20,9 @@ inspecting status codes:
 Base URL: like the OpenAI SDK's `base_url`, it is the prefix *before* `/chat/completions`, so
 `https://api.openai.com/v1` and `http://localhost:8000/v1` are what users pass. A bare host
 (`http://localhost:8000` or `.../`) gets `/v1` added, and a pasted `.../chat/completions` suffix
-is dropped. See `normalize_base_url`.
+is dropped. A query string (Azure's `?api-version=...`) stays at the end of every request URL.
+Credentials in the URL (`user:key@host`) are refused: they would go out as Basic auth, and an
+endpoint may echo them back in an error. See `normalize_base_url`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
-from promptdistill.core.errors import UserError
+from promptdistill.clients.base_url import endpoint_url, normalize_base_url
 from promptdistill.core.redact import redact, redact_url
+
+__all__ = ["endpoint_url", "normalize_base_url"]  # re-exported: callers import them from here
 
 MAX_RETRY_AFTER_S = 120.0
 
@@ -62,12 +65,18 @@ class RetryableError(TransportError):
     """
 
     def __init__(
-        self, message: str, kind: str, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        kind: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        asked_wait: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.asked_wait = asked_wait  # the server's own retry-after header, as it sent it
 
 
 class PromptError(TransportError):
@@ -105,25 +114,18 @@ class ChatResult:
     prompt_token_ids: list[int] | None = None
 
 
-def normalize_base_url(url: str) -> str:
-    """`http://h:8000` -> `http://h:8000/v1`; `.../v1/` -> `.../v1`; drop `/chat/completions`."""
-    url = url.strip()
+def asked_wait(headers: Any) -> str | None:
+    """The server's retry-after as it sent it, for messages: `3600 s`, or the HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        return f"{ms} ms"
+    value = headers.get("retry-after")
+    if value is None:
+        return None
     try:
-        parts = urlsplit(url)
+        return f"{float(value):g} s"
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(
-            f"--base-url {redact_url(url)!r} is not an http(s) URL; "
-            "pass the endpoint's base URL, e.g. http://localhost:8000/v1"
-        )
-    path = parts.path.rstrip("/")
-    for suffix in ("/chat/completions", "/completions"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-    if path == "":
-        path = "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+        return str(value)[:40]
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -188,11 +190,14 @@ class Transport:
         concurrency: int,
         timeout_s: float,
         connect_timeout_s: float = 10.0,
+        key_source: str | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self.public_url = redact_url(self.base_url)  # safe for messages, logs and files
-        self.url = self.base_url + "/chat/completions"
+        self.url = endpoint_url(self.base_url, "/chat/completions")
         self._api_key = api_key
+        # where the key came from, for a 401's message (clients/keys.py: key_source)
+        self.key_source = key_source
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -251,6 +256,7 @@ class Transport:
         latency = time.perf_counter() - start
         if status != 200:
             self._raise_for_status(status, raw, headers)
+        self._check_content_type(headers.get("Content-Type"), raw)
         if "prompt_logprobs" in body:
             return self._parse_scored(raw, latency)
         return self._parse(raw, latency, bool(body.get("logprobs")))
@@ -267,6 +273,8 @@ class Transport:
                 if resp.status != 200:
                     raw = await resp.content.read(4096)
                     self._raise_for_status(resp.status, raw, resp.headers)
+                if "html" in (resp.headers.get("Content-Type") or "").lower():
+                    self._check_content_type(resp.headers.get("Content-Type"), b"")
                 async for raw_line in resp.content:
                     line = raw_line.strip()
                     if not line.startswith(b"data:"):
@@ -279,6 +287,19 @@ class Transport:
                         yield delta
         except (aiohttp.ClientError, TimeoutError) as e:
             raise self._connection_error(e) from None
+
+    def _check_content_type(self, content_type: str | None, raw: bytes) -> None:
+        """A 200 with a web page is not an API answer: a base URL that is the site, not the
+        API root, or a login page in front of it. The engine gives up after a few in a row."""
+        html = "html" in (content_type or "").lower() or raw.lstrip()[:15].lower().startswith(
+            (b"<!doctype html", b"<html")
+        )
+        if html:
+            raise RetryableError(
+                f"got text/html from {self.public_url}: is --base-url the API root (it usually "
+                "ends in /v1, e.g. http://localhost:8000/v1)?",
+                "html",
+            )
 
     def _event(self, payload: bytes) -> StreamDelta | None:
         try:
@@ -333,14 +354,22 @@ class Transport:
             )
         if status == 429:
             raise RetryableError(
-                f"429 rate limited: {detail}", "rate_limit", status, parse_retry_after(headers)
-            )
+                f"429 rate limited: {detail}", "rate_limit", status, parse_retry_after(headers),
+                asked_wait(headers),
+            )  # fmt: skip
         if status in (408, 409) or status >= 500:
             raise RetryableError(
                 f"{status} from the endpoint: {detail}",
                 "server",
                 status,
                 parse_retry_after(headers),
+                asked_wait(headers),
+            )
+        if status in (401, 403) and self.key_source is not None:
+            raise FatalError(
+                f"{where} answered {status}{said}: the API key from {self.key_source} was "
+                "refused; put a valid key there, or name another variable with --api-key-env "
+                "or another file with --api-key-file"
             )
         if status in (401, 403):
             raise FatalError(

@@ -350,14 +350,14 @@ def open_session(
 
     Everything that must be shut down (the local teacher, the event loop) goes on `stack`.
     """
-    from promptdistill.clients.keys import read_api_key
+    from promptdistill.clients.keys import key_source, read_api_key
     from promptdistill.personas import load_persona
 
     r = resolve(run, cfg)
     persona = load_persona(r.sample.persona)
     system_prompt = persona.persona.system_prompt
     teacher_cfg = r.sample.teacher
-    api_key = read_api_key(teacher_cfg) if teacher_cfg.base_url is not None else None
+    api_key = read_api_key(teacher_cfg, say) if teacher_cfg.base_url is not None else None
 
     say(f"loading the student ({r.student.model} + {r.adapter}) ...")
     import torch
@@ -392,7 +392,13 @@ def open_session(
         return len(renderer.prompt(messages))  # an estimate when the endpoint sends no usage
 
     teacher_chat = EndpointChat(
-        transport=Transport(base_url, api_key, concurrency=4, timeout_s=teacher_cfg.timeout_s),
+        transport=Transport(
+            base_url,
+            api_key,
+            concurrency=4,
+            timeout_s=teacher_cfg.timeout_s,
+            key_source=key_source(teacher_cfg) if api_key else None,
+        ),
         model=model,
         count_prompt=count_teacher_prompt,
     )

@@ -18,9 +18,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored. No number
+    is infinite or NaN (`--lr inf` would train to NaN, issue #16)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- personas & prompts
@@ -47,6 +48,13 @@ class Persona(StrictModel):
     def _name_ok(cls, v: str) -> str:
         if not NAME.match(v):
             raise ValueError("use letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the system prompt is blank; write the persona's prompt here")
         return v
 
 
@@ -117,7 +125,8 @@ class TeacherConfig(StrictModel):
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: str | None = None
     concurrency: int = Field(64, ge=1, le=100_000)
-    rpm: float | None = Field(None, gt=0)
+    # below 1 request per minute a run never ends (issue #16)
+    rpm: float | None = Field(None, ge=1)
     tpm: float | None = Field(None, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(8, ge=0)

@@ -4,25 +4,39 @@ A run describes itself: `config.yaml` maps each stage to the resolved configurat
 (never a secret), and each stage reads the files of the stage before it, so every stage can be
 run, resumed and tested alone. The stages own what is inside their files; this class knows only
 where the files are.
+
+One writer at a time (issue #16): every command that writes a run holds an exclusive `flock` on
+RUN/.lock for as long as it runs (`RunDir.locked`); a second one exits at once, naming the PID
+that holds it. The kernel releases a flock when its holder dies, so a killed command never
+leaves a stale lock behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from pydantic import ValidationError
 
 from promptdistill.core.config import StudentConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import atomic_write_yaml
+from promptdistill.core.io import atomic_write_yaml, os_error
+from promptdistill.core.yamlio import read_yaml
+
+# exit status of a command refused because another one holds the run (EX_TEMPFAIL: try later)
+BUSY_EXIT = 75
 
 # The stages in data-flow order, and the files each one writes (so a changed configuration can
 # move exactly those aside, see pipeline/ledger.py).
 STAGE_FILES: dict[str, tuple[str, ...]] = {
-    "sample": ("samples.jsonl", "failures.jsonl"),
+    "sample": ("samples.jsonl", "failures.jsonl", "system-prompts"),
     "train": ("datums", "checkpoints", "adapter", "metrics.jsonl", "loss.png"),
     "eval": (
         "report.json",
@@ -60,6 +74,12 @@ class RunDir:
     @property
     def failures(self) -> Path:
         return self.path / "failures.jsonl"
+
+    @property
+    def system_prompts(self) -> Path:
+        """The system prompts the samples were made with, one file each, named by their hash
+        (core/samples.py): stored once per run instead of in every record."""
+        return self.path / "system-prompts"
 
     # ---- train
     @property
@@ -118,13 +138,50 @@ class RunDir:
     def config_path(self) -> Path:
         return self.path / "config.yaml"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
     # ---- the folder itself
     def create(self) -> RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create run directory {self.path}: {e.strerror}") from None
+            raise os_error(e, self.path, "cannot create run directory") from None
         return self
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold RUN/.lock, exclusively, for the `with` block: one command writes a run at a
+        time. The folder must exist. Under torchrun only rank 0 takes it (the other ranks are
+        the same command). A run on a read-only file system is not locked: nothing can write
+        it, and a command that only reads it (export) still works."""
+        if int(os.environ.get("RANK", "0") or 0) > 0:
+            yield self
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES) and self.path.is_dir():
+                yield self  # its writes will fail with their own one-line message
+                return
+            raise os_error(e, self.lock_path) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.path} is in use by another promptdistill command (PID "
+                    f"{_holder(fd)}): wait for it to finish, or stop it, then rerun this one",
+                    exit_code=BUSY_EXIT,
+                ) from None
+            pid = f"{os.getpid()}\n".encode()
+            with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
+                os.pwrite(fd, pid, 0)
+                os.ftruncate(fd, len(pid))
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
 
     def require(self) -> RunDir:
         if not self.path.is_dir():
@@ -146,10 +203,22 @@ class RunDir:
 
     # ---- config.yaml
     def read_config(self) -> dict[str, Any]:
+        """RUN/config.yaml; a file that is not UTF-8, not YAML or not a mapping is a one-line
+        error naming it (and its line)."""
         if not self.config_path.exists():
             return {}
-        data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
+        try:
+            data, _ = read_yaml(self.config_path)
+        except OSError as e:
+            raise os_error(e, self.config_path, "cannot read") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise UserError(
+                f"{self.config_path}: expected a mapping of stages (sample, train, ...); "
+                "fix the file or move it away"
+            )
+        return data
 
     def stage_config(self, stage: str) -> dict[str, Any] | None:
         value = self.read_config().get(stage)
@@ -181,3 +250,12 @@ class RunDir:
                 "retrain the run with `promptdistill train`"
             )
         return StudentConfig(model=str(base))
+
+
+def _holder(fd: int) -> str:
+    """The PID written into a lock file by its holder (who may not have written it yet)."""
+    for _ in range(20):
+        with contextlib.suppress(OSError, ValueError):
+            return str(int(os.pread(fd, 32, 0).split(b"\n")[0]))
+        time.sleep(0.01)
+    return "unknown"

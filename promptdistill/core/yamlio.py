@@ -29,11 +29,26 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         node = yaml.compose(text, Loader=loader)
         data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise UserError(f"{path}{where}: YAML syntax error: {problem}") from None
+        raise UserError(_syntax_error(path, e, len(text.rstrip()))) from None
     return data, node
+
+
+def _syntax_error(path: Path, e: yaml.YAMLError, size: int) -> str:
+    """`path:line: YAML syntax error: ...`, at the line to fix: for a quote or bracket that is
+    never closed, the line where it opens (the parser only notices at the end of the file,
+    `size` characters in)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    context, opened = getattr(e, "context", None), getattr(e, "context_mark", None)
+    at_end = "end of stream" in problem or (mark is not None and mark.index >= size)
+    if opened is not None and context and at_end and mark is not None and mark.line > opened.line:
+        what = context.removeprefix("while scanning ").removeprefix("while parsing ")
+        return (
+            f"{path}:{opened.line + 1}: YAML syntax error: {what} opened here is never "
+            "closed (the file ends first); close it on this line"
+        )
+    where = f":{mark.line + 1}" if mark is not None else ""
+    return f"{path}{where}: YAML syntax error: {problem}"
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

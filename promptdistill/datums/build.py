@@ -20,7 +20,9 @@ Choices, each tested in tests/test_datums.py:
   weight 0: the teacher did not choose to stop there, and the student must not learn to.
 - Prefix check: for each assistant turn, the rendered prompt (add_generation_prompt=True) must be
   a token prefix of the rendered conversation; otherwise the weights would point at the wrong
-  tokens, and we refuse the template with a UserError naming the model.
+  tokens. One odd answer can fail it on a good template (a BPE merge across the turn boundary),
+  so such a record is skipped and counted, with the first few ids reported; only when most
+  records fail is the template refused, with a UserError naming the model (issue #16).
 - Examples longer than `max_len` are cut from the right (`truncate`) or dropped (`drop`).
 - Train/validation split by a hash of the record id: stable as samples are added. Records whose
   sampler split is "heldout" are never used here (they are the evaluation set).
@@ -46,6 +48,11 @@ from promptdistill.core.text import loops
 from promptdistill.models.chat import Renderer
 
 SPLITS = ("train", "val")
+PREFIX_IDS_SHOWN = 5  # ids of records that failed the prefix check, in the stats and messages
+
+
+class PrefixError(UserError):
+    """The rendered prompt is not a token prefix of the rendered conversation."""
 
 
 @dataclass(kw_only=True)
@@ -101,7 +108,7 @@ def conversation_to_datum(
         prompt = renderer.tokens(convo[:i], generation_prompt=True)
         full = renderer.tokens(convo[: i + 1], generation_prompt=False)
         if full[: len(prompt)] != prompt or prompt[: len(tokens)] != tokens:
-            raise UserError(
+            raise PrefixError(
                 f"the chat template of {model_name} is not prefix-stable: the rendered prompt is "
                 f"not a token prefix of the rendered conversation (record {record_id!r}), so the "
                 f"loss mask cannot be placed; use a student whose chat template renders turns "
@@ -183,10 +190,17 @@ def attach_logprobs(
 
 
 def build_datums(
-    records: Iterable[dict[str, Any]], renderer: Renderer, cfg: DatumConfig, model_name: str
+    records: Iterable[dict[str, Any]],
+    renderer: Renderer,
+    cfg: DatumConfig,
+    model_name: str,
+    check_template: bool = True,
 ) -> tuple[list[Datum], dict[str, Any]]:
-    """Turn sampler records into datums, with the stats the user sees."""
+    """Turn sampler records into datums, with the stats the user sees. `check_template`:
+    refuse the template when most records fail the prefix check (`check_prefix_failures`);
+    a caller that builds a few records at a time (the stream) checks the running totals."""
     datums: list[Datum] = []
+    prefix_ids: list[str] = []
     seen: set[str] = set()
     removed_cache: dict[str, int] = {}
     removed: list[int] = []
@@ -200,6 +214,8 @@ def build_datums(
         "teacher_truncated": 0,
         "empty": 0,  # an assistant answer with no text: nothing to learn but silence
         "loops": 0,  # an answer that loops (core/text.py), dropped unless keep_loops
+        "prefix_failed": 0,  # its rendering fails the prefix check: skipped
+        "checked": 0,  # records that reached the prefix check
         "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
     }
     for r in records:
@@ -225,6 +241,7 @@ def build_datums(
             counts["loops"] += 1
             continue
         teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
+        counts["checked"] += 1
         try:
             d = conversation_to_datum(
                 messages,
@@ -234,6 +251,11 @@ def build_datums(
                 teacher_truncated=teacher_cut,
                 model_name=model_name,
             )
+        except PrefixError:
+            counts["prefix_failed"] += 1
+            if len(prefix_ids) < PREFIX_IDS_SHOWN:
+                prefix_ids.append(rid)
+            continue
         except (ValueError, KeyError, TypeError):
             counts["invalid"] += 1
             continue
@@ -258,7 +280,9 @@ def build_datums(
             removed_cache[systems] = renderer.system_tokens_removed(systems) if systems else 0
         removed.append(removed_cache[systems])
         datums.append(d)
-    stats: dict[str, Any] = {**counts, "examples": len(datums)}
+    stats: dict[str, Any] = {**counts, "examples": len(datums), "prefix_failed_ids": prefix_ids}
+    if check_template:
+        check_prefix_failures(stats, model_name)
     for split in SPLITS:
         part = [d for d in datums if d.split == split]
         stats[split] = {
@@ -273,3 +297,30 @@ def build_datums(
     stats["max_len"], stats["overlong"] = cfg.max_len, cfg.overlong
     stats["val_fraction"] = cfg.val_fraction
     return datums, stats
+
+
+def check_prefix_failures(stats: dict[str, Any], model_name: str) -> None:
+    """Refuse the template when most of the records that reached the prefix check failed it:
+    then the template is the problem, not the records."""
+    failed, checked = int(stats.get("prefix_failed", 0)), int(stats.get("checked", 0))
+    if failed and failed * 2 > checked:
+        ids = ", ".join(repr(i) for i in stats.get("prefix_failed_ids", []))
+        raise UserError(
+            f"the chat template of {model_name} is not prefix-stable: for {failed} of {checked} "
+            f"samples (first: {ids}) the rendered prompt is not a token prefix of the rendered "
+            "conversation, so the loss mask cannot be placed; use a student whose chat template "
+            "renders turns by concatenation (e.g. ChatML)"
+        )
+
+
+def prefix_note(stats: dict[str, Any]) -> str:
+    """`, 2 skipped (prefix check: 'a', 'b')` for the datums line, or ''."""
+    failed = int(stats.get("prefix_failed", 0))
+    if not failed:
+        return ""
+    ids = ", ".join(repr(i) for i in stats.get("prefix_failed_ids", []))
+    more = ", ..." if failed > len(stats.get("prefix_failed_ids", [])) else ""
+    return (
+        f", {failed} skipped (their rendered prompt is not a token prefix of the conversation: "
+        f"{ids}{more})"
+    )

@@ -19,8 +19,9 @@ import numpy as np
 
 from promptdistill.core.config import DatumConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import atomic_write_json, read_jsonl, replace_dir
+from promptdistill.core.io import atomic_write_json, replace_dir, writing
 from promptdistill.core.rundir import RunDir
+from promptdistill.core.samples import SampleReader
 from promptdistill.datums.build import SPLITS, Datum, build_datums
 from promptdistill.models.chat import Renderer
 
@@ -106,11 +107,20 @@ def to_arrays(datums: list[Datum], stats: dict[str, Any]) -> Datums:
 
 def save_datums(out_dir: Path, data: Datums, fp: str) -> None:
     """Write the datums directory atomically: build beside it, then rename into place."""
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _save_arrays(tmp, data, fp, out_dir)
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_arrays(tmp: Path, data: Datums, fp: str, out_dir: Path) -> None:
     from safetensors.numpy import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with writing(out_dir):  # a full disk: one line naming RUN/datums (issue #16)
         arrays = {
             "tokens": data.tokens,
             "weights": data.weights,
@@ -129,9 +139,6 @@ def save_datums(out_dir: Path, data: Datums, fp: str) -> None:
         )
         atomic_write_json(tmp / "stats.json", data.stats)
         atomic_write_json(tmp / "fingerprint.json", {"fingerprint": fp})  # written last
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_datums(out_dir: Path) -> Datums:
@@ -176,11 +183,15 @@ def prepare_datums(
     fp = fingerprint(samples, cfg, renderer, model_name)
     if _stored_fingerprint(out_dir) == fp:
         return load_datums(out_dir), False
-    datums, stats = build_datums(read_jsonl(samples), renderer, cfg, model_name)
+    reader = SampleReader(samples)
+    datums, stats = build_datums(reader.records(), renderer, cfg, model_name)
+    # lines that are not sample records were skipped; the datums line says where (issue #16)
+    stats["skipped_lines"], stats["skipped_first"] = len(reader.skipped), reader.skipped[:3]
     if stats["train"]["examples"] == 0:
         raise UserError(
             f"{samples} has no usable training samples ({stats['records']} records, "
             f"{stats['heldout_skipped']} held out, {stats['invalid']} invalid, "
+            f"{stats['empty']} empty, {stats['loops']} looping, "
             f"{stats['dropped']} over --max-len {cfg.max_len}); sample more with "
             f"`promptdistill sample`"
         )

@@ -63,7 +63,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     from promptdistill.personas import load_persona
 
     t0 = time.perf_counter()
-    inputs = load_inputs(path, cfg)
+    inputs = load_inputs(path, cfg, say)
     notes = dict(inputs.notes)
     heldout = inputs.heldout
     max_new = cfg.max_new_tokens or inputs.sample.sampling.max_tokens

@@ -9,7 +9,7 @@ classifier learns from them, and never from the answers it scores.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from promptdistill.core.config import DatumConfig, EvalConfig, SampleConfig, StudentConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import read_jsonl
 from promptdistill.core.rundir import RunDir
+from promptdistill.core.samples import SampleReader, skipped_note
 from promptdistill.datums.build import split_of
 
 # --------------------------------------------------------------------------- inputs
@@ -106,11 +106,14 @@ def _stable_order(ids: Sequence[str], seed: int) -> list[str]:
     return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
 
 
-def load_inputs(path: Path, cfg: EvalConfig) -> RunInputs:
+def load_inputs(path: Path, cfg: EvalConfig, say: Callable[[str], None] | None = None) -> RunInputs:
     run = RunDir(path).require()
     sample = _stage(run, "sample", SampleConfig, required=True)
     adapter = run.require_adapter()
-    records = [r for r in read_jsonl(run.samples) if r.get("messages")]
+    reader = SampleReader(run.samples)
+    records = [r for r in reader.records() if r.get("messages") and "id" in r]
+    if reader.skipped and say is not None:
+        say(f"warning: {skipped_note(reader.skipped)}")
     if not records:
         raise UserError(f"{run.samples} has no answered prompts; run `promptdistill sample` first")
     val_fraction = _val_fraction(run)

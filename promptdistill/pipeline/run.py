@@ -13,7 +13,7 @@ from rich.console import Console
 
 from promptdistill.core.errors import UserError
 from promptdistill.core.rundir import RunDir
-from promptdistill.personas import LoadedPersona, load_persona
+from promptdistill.personas import LoadedPersona, load_persona, same_persona
 from promptdistill.pipeline.config import RunConfig
 from promptdistill.pipeline.ledger import STAGES, Ledger, plan_stage, stage_fingerprints, supersede
 from promptdistill.sampling.summary import SampleSummary
@@ -30,17 +30,34 @@ class PipelineResult:
 def run_pipeline(cfg: RunConfig, run: RunDir, console: Console) -> PipelineResult:
     """Every stage in order: skipped when up to date, resumed when partial, redone (the old
     outputs moved aside) when its configuration changed."""
-    run.create()
-    pipeline = Pipeline(cfg, run, console, load_persona(cfg.persona))
-    for stage in STAGES:
-        if stage not in pipeline.result.ran:  # train ran already when streamed with sample
-            pipeline.stage(stage)
+    persona = load_persona(cfg.persona)
+    cfg = as_recorded(cfg, run)
+    if cfg.sample.teacher.base_url is not None:
+        from promptdistill.clients.endpoint import normalize_base_url
+
+        normalize_base_url(cfg.sample.teacher.base_url)  # before the run directory exists
+    with run.create().locked():  # one command writes a run at a time (core/rundir.py)
+        pipeline = Pipeline(cfg, run, console, persona)
+        for stage in STAGES:
+            if stage not in pipeline.result.ran:  # train ran already when streamed with sample
+                pipeline.stage(stage)
     result = pipeline.result
     if result.report is None and run.report_json.exists():
         from promptdistill.evaluation.report import load_report
 
         result.report = load_report(run.path)
     return result
+
+
+def as_recorded(cfg: RunConfig, run: RunDir) -> RunConfig:
+    """`cfg` with the persona spelt as the run recorded it, when both name the same file
+    (`tiny` and `personas/tiny.yaml`): the stage fingerprints hold the spelling, and the same
+    persona must not redo a run (issue #16)."""
+    recorded = (run.stage_config("sample") or {}).get("persona") if run.path.is_dir() else None
+    if recorded is None or recorded == cfg.persona or not same_persona(str(recorded), cfg.persona):
+        return cfg
+    sample = cfg.sample.model_copy(update={"persona": str(recorded)})
+    return cfg.model_copy(update={"persona": str(recorded), "sample": sample})
 
 
 class Pipeline:
@@ -82,7 +99,9 @@ class Pipeline:
                 return
         self.console.rule(f"{stage}{resuming}")
         if stage == "sample":
-            summary = sample_run(cfg.sample, self.run, console=self.console, persona=self.persona)
+            summary = sample_run(
+                cfg.sample, self.run, console=self.console, persona=self.persona, lock=False
+            )
             self.report_samples(summary)
         elif stage == "train" and cfg.stream:  # samples complete: one epoch over them, the same
             self.streamed(sampling=False)

@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from promptdistill.clients.endpoint import (
+    MAX_RETRY_AFTER_S,
     ChatResult,
     FatalError,
     PromptError,
@@ -67,6 +68,9 @@ class EngineStats:
     input_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
     last_error: str = ""
+    # a server's retry-after being waited out: until when (monotonic), and why (issue #16)
+    waiting_until: float = 0.0
+    waiting_why: str = ""
 
 
 @dataclass
@@ -78,6 +82,7 @@ class RetryPolicy:
     unreachable_tries: int = 3  # connect failures in a row before any success: give up
     unreachable_s: float = 60.0  # ... after the endpoint answered once: give up after this long
     refused_before_any_answer: int = 5  # 400s in a row before any answer: the request is wrong
+    html_in_a_row: int = 3  # web pages instead of API answers in a row: the URL is wrong
 
 
 class Engine:
@@ -107,6 +112,7 @@ class Engine:
         self._unreachable_streak = 0
         self._unreachable_since = 0.0
         self._refused_streak = 0
+        self._html_streak = 0
 
     # ----------------------------------------------------------------------- the pool
 
@@ -244,7 +250,7 @@ class Engine:
             self.stats.in_flight -= 1
             limits.concurrency.release()
         self._ever_succeeded = True
-        self._unreachable_streak = 0
+        self._unreachable_streak = self._html_streak = 0
         limits.concurrency.on_success()
         usage = result.usage
         out = usage.get("completion_tokens")
@@ -273,6 +279,11 @@ class Engine:
             self.limits.concurrency.on_rate_limited(sent_at)
             if e.retry_after:
                 self.limits.pause(e.retry_after)
+        if e.retry_after:
+            self._note_wait(e, e.retry_after)
+        self._html_streak = self._html_streak + 1 if e.kind == "html" else 0
+        if self._html_streak >= self.policy.html_in_a_row:
+            raise FatalError(f"{e} ({self._html_streak} web pages in a row, no API answer)")
         if e.kind == "unreachable":
             now = time.monotonic()
             if self._unreachable_streak == 0:
@@ -294,6 +305,18 @@ class Engine:
             state.content_failures += 1
             if state.content_failures > self.policy.content_retries:
                 raise PromptError(f"{e} ({state.content_failures} times)", kind="content")
+
+    def _note_wait(self, e: RetryableError, seconds: float) -> None:
+        """Say in the progress display that a wait is the server's doing, how long, and why."""
+        until = time.monotonic() + seconds
+        if until <= self.stats.waiting_until:
+            return
+        why = f"the endpoint answered {e.status or e.kind}"
+        if e.asked_wait:
+            why += f" with retry-after {e.asked_wait}"
+        if seconds >= MAX_RETRY_AFTER_S:
+            why += f"; retrying after {MAX_RETRY_AFTER_S:.0f} s at most"
+        self.stats.waiting_until, self.stats.waiting_why = until, why
 
 
 @dataclass(slots=True)

@@ -77,16 +77,25 @@ class Progress:
         dt = max(now - t0, 1e-6)
         return (finished - n0) / dt, (s.output_tokens - tok0) / dt
 
+    def waiting(self) -> str:
+        """`waiting 1:58 (the endpoint answered 429, retry-after 3600 s ...)`, or ''."""
+        left = self.stats.waiting_until - time.monotonic()
+        if left <= 0.5:
+            return ""
+        return f"waiting {_duration(left)} ({self.stats.waiting_why})"
+
     def line(self) -> str:
         s = self.stats
         rps, tps = self.rates()
         left = s.total - s.done - s.failed
         eta = left / rps if rps > 0 else float("inf")
+        waiting = self.waiting()
         return (
             f"sample: {s.done}/{s.total} done, {s.failed} failed, "
             f"{s.in_flight} in flight, {_rate(rps)} req/s, {tps:.0f} out tok/s, "
             f"{s.retries} retries ({s.rate_limited} x 429), concurrency {self.concurrency.limit}"
             f"/{self.concurrency.maximum}, ETA {_duration(eta)}"
+            + (f"; {waiting}" if waiting else "")
         )
 
     def panel(self) -> Group:
@@ -113,6 +122,8 @@ class Progress:
             "concurrency", f"{self.concurrency.limit}/{self.concurrency.maximum}",
         )  # fmt: skip
         parts: list[Text | Table] = [table]
+        if waiting := self.waiting():
+            parts.append(Text(waiting, style="yellow"))
         if s.last_error:
             parts.append(Text(f"last error: {s.last_error}", style="dim", overflow="ellipsis"))
         return Group(*parts)

@@ -5,9 +5,10 @@ It owns the run-directory side: what is already answered (resume), what failed b
 again), the recorded configuration (a run never mixes outputs of different configurations),
 the API key (read here, never written anywhere), and Ctrl-C (stop cleanly, keep everything).
 
-Files: RUN/samples.jsonl (one record per answered prompt, appended as answers arrive),
-RUN/failures.jsonl (prompts that failed for good in the latest run), RUN/config.yaml stage
-`sample` (the resolved SampleConfig, without secrets).
+Files: RUN/samples.jsonl (one record per answered prompt, appended as answers arrive; the
+system prompt is stored once, in RUN/system-prompts/, and each record names it by its hash:
+core/samples.py), RUN/failures.jsonl (prompts that failed for good in the latest run),
+RUN/config.yaml stage `sample` (the resolved SampleConfig, without secrets).
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ from promptdistill.clients.endpoint import (
     chat_body,
     normalize_base_url,
 )
-from promptdistill.clients.keys import read_api_key
-from promptdistill.core.config import SampleConfig
+from promptdistill.clients.keys import key_source, read_api_key
+from promptdistill.core.config import SampleConfig, StudentConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import JsonlWriter, atomic_write_bytes, read_jsonl
+from promptdistill.core.io import JsonlWriter, atomic_write_bytes, os_error
 from promptdistill.core.redact import redact_url
 from promptdistill.core.rundir import RunDir
-from promptdistill.personas import LoadedPersona, UserPrompt, expand_prompts, heldout_prompts
+from promptdistill.core.samples import SYSTEM_KEY, SampleReader, store_system_prompt
+from promptdistill.personas import (
+    LoadedPersona,
+    UserPrompt,
+    expand_prompts,
+    heldout_prompts,
+    same_persona,
+)
 from promptdistill.personas import load_persona as _load_persona
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
@@ -68,16 +76,20 @@ def check_compatible(run: RunDir, config: SampleConfig, persona: LoadedPersona) 
     new = recorded_config(config)
     if old is not None:
         for key in _MUST_MATCH:
-            if _get(old, key) != _get(new, key):
+            was, now = _get(old, key), _get(new, key)
+            # the same persona file, named once by name and once by path (issue #16)
+            if key == "persona" and was is not None and same_persona(str(was), str(now)):
+                continue
+            if was != now:
                 flag = "--" + key.split(".")[-1].replace("_", "-")
                 raise UserError(
-                    f"{run.config_path}: this run was sampled with {key}={_get(old, key)!r}, "
-                    f"not {_get(new, key)!r}; samples from different configurations must not "
+                    f"{run.config_path}: this run was sampled with {key}={was!r}, "
+                    f"not {now!r}; samples from different configurations must not "
                     f"be mixed: pass the same {flag if key != 'persona' else 'persona'} "
                     "or use a new --run directory"
                 )
     # the persona file may have been edited since: compare the system prompt itself
-    for record in read_jsonl(run.samples):
+    for record in SampleReader(run.samples).records():
         messages = record.get("messages") or []
         system = messages[0] if messages and messages[0].get("role") == "system" else None
         if system is not None and system.get("content") != persona.persona.system_prompt:
@@ -132,12 +144,14 @@ def sample_run(
     persona: LoadedPersona | None = None,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
+    lock: bool = True,
 ) -> SampleSummary:
     """Answer every prompt of `config` into `run`. Resumable; see the module docstring.
 
     `persona` may pass in `config.persona` already loaded (the CLI loads it for its defaults).
     From another thread (`run --stream`): setting `stop` stops sampling as Ctrl-C does, and
-    `ready` is set once this run's config.yaml entry is written.
+    `ready` is set once this run's config.yaml entry is written. `lock`: hold the run's lock
+    (RunDir.locked) while sampling; False where the caller holds it (`promptdistill run`).
 
     Raises UserError for bad input and for fatal endpoint errors (401/403/404, unreachable);
     answers received before a fatal error stay on disk.
@@ -150,18 +164,79 @@ def sample_run(
             "--logprobs: the embedded local teacher (transformers serve) returns no logprobs, "
             "and needs none: `train --objective kd` reads its whole distribution in process"
         )
+    base = config.teacher.base_url
+    if base is not None:
+        normalize_base_url(base)  # a bad URL fails before the run directory exists
     persona = persona or _load_persona(config.persona)
     prompts = expand_prompts(persona, config.n, config.seed)
     if config.include_heldout:
         prompts = heldout_prompts(persona) + prompts
+    api_key = read_api_key(config.teacher, say) if base else None
+    _warn_long_prompt(run, config, persona, say)
     run.create()
+    with run.locked() if lock else contextlib.nullcontext(run):
+        return _sample_locked(
+            config, run, persona, prompts, api_key, console, say, started, live, log_every_s,
+            handle_sigint, stop, ready,
+        )  # fmt: skip
+
+
+def _warn_long_prompt(
+    run: RunDir, config: SampleConfig, persona: LoadedPersona, say: Callable[[str], None]
+) -> None:
+    """Warn when the system prompt is longer than the context of a model that is run with it:
+    the local teacher, and the student's base (eval, kd). Training itself never needs it."""
+    from promptdistill.models.context import overlong_warning
+
+    recorded = (run.stage_config("train") or {}).get("student") or {}
+    roles: dict[str, list[str]] = {}
+    if config.teacher.base_url is None:
+        roles.setdefault(config.teacher.model, []).append("local teacher")
+    student = str(recorded.get("model") or StudentConfig().model)
+    roles.setdefault(student, []).append("student's base model (eval and kd run it prompted)")
+    for model, names in roles.items():
+        warning = overlong_warning(persona.name, persona.persona.system_prompt, model,
+                                   " and the ".join(names))  # fmt: skip
+        if warning:
+            say(warning)
+
+
+def _sample_locked(
+    config: SampleConfig,
+    run: RunDir,
+    persona: LoadedPersona,
+    prompts: list[UserPrompt],
+    api_key: str | None,
+    console: Console,
+    say: Callable[[str], None],
+    started: float,
+    live: bool | None,
+    log_every_s: float,
+    handle_sigint: bool,
+    stop: threading.Event | None,
+    ready: threading.Event | None,
+) -> SampleSummary:
+    """`sample_run` once its inputs are checked and the run is created (and locked)."""
+    base = config.teacher.base_url
     check_compatible(run, config, persona)
-    api_key = read_api_key(config.teacher) if config.teacher.base_url else None
 
     wanted = {p.id for p in prompts}
-    done_ids = {r["id"] for r in read_jsonl(run.samples) if r.get("id") in wanted}
+    done_ids: set[str] = set()
+    extra: set[str] = set()  # training samples -n does not ask for (an earlier, larger -n)
+    reader = SampleReader(run.samples, on_skip=lambda m: say(f"[yellow]warning:[/] {m}; skipped"))
+    for r in reader.records():
+        rid = str(r.get("id"))
+        if rid in wanted:
+            done_ids.add(rid)
+        elif "id" in r and r.get("split") != "heldout":
+            extra.add(rid)
+    if extra:  # `train` uses every sample: "all N prompts answered" must not suggest N
+        say(
+            f"[yellow]warning:[/] {run.samples} holds {len(extra)} more training samples than "
+            f"-n {config.n} asks for (from an earlier run with a larger -n); `train` uses all "
+            "of them: sample into a new --run directory for a smaller set"
+        )
     todo = [p for p in prompts if p.id not in done_ids]
-    base = config.teacher.base_url
     summary = SampleSummary(
         run_dir=str(run.path),
         base_url=redact_url(normalize_base_url(base)) if base else "local teacher",
@@ -172,6 +247,10 @@ def sample_run(
         min_concurrency=config.teacher.concurrency,
     )
     run.save_stage_config(STAGE, recorded_config(config))
+    try:  # `run --stream`'s trainer reads samples.jsonl as soon as `ready` is set
+        run.samples.touch(exist_ok=True)
+    except OSError as e:
+        raise os_error(e, run.samples) from None
     if ready is not None:
         ready.set()
     # failures of an earlier run are asked again now; the file lists this run's failures only
@@ -208,22 +287,31 @@ def sample_run(
 class _Records:
     """Writes each answer to samples.jsonl and each failure for good to failures.jsonl.
 
-    Every line is flushed to the OS as it is written (kill -9 loses nothing); an fsync (for
-    power cuts) blocks the event loop for ~10 ms, so samples are fsynced every 1024 only."""
+    Every line goes to the OS as it is written (kill -9 loses nothing); an fsync (for power
+    cuts) blocks the event loop for ~10 ms, so samples are fsynced every 1024 only. The system
+    prompt is stored once (core/samples.py), so a record holds only its key."""
 
-    def __init__(self, run: RunDir, teacher_info: dict[str, Any]) -> None:
+    def __init__(self, run: RunDir, teacher_info: dict[str, Any], system_prompt: str) -> None:
         self.teacher_info = teacher_info
+        self.system_key = store_system_prompt(run.samples, system_prompt)
         self.samples = JsonlWriter(run.samples, fsync_every=1024)
-        self.failures = JsonlWriter(run.failures)
+        try:
+            self.failures = JsonlWriter(run.failures)
+        except BaseException:
+            self.samples.close()
+            raise
         self.last_answer = time.monotonic()
+        self.written = 0  # samples on disk now (a failed write is not one)
 
     def on_sample(self, job: Job, r: ChatResult, attempts: int) -> None:
         self.last_answer = time.monotonic()
+        asked = [m for m in job.messages if m["role"] != "system"]
         self.samples.write(
             {
                 "id": job.id,
                 **job.meta,
-                "messages": [*job.messages, {"role": "assistant", "content": r.content}],
+                SYSTEM_KEY: self.system_key,
+                "messages": [*asked, {"role": "assistant", "content": r.content}],
                 "finish_reason": r.finish_reason,
                 "truncated": r.finish_reason == "length",
                 "usage": r.usage,
@@ -233,6 +321,7 @@ class _Records:
                 **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
             }
         )
+        self.written += 1
 
     def on_failure(self, job: Job, error: str, kind: str, status: int | None, tries: int) -> None:
         self.failures.write(
@@ -249,25 +338,49 @@ class _Records:
         )
 
     def close(self) -> None:
-        self.samples.close()
-        self.failures.close()
+        try:
+            self.samples.close()
+        finally:
+            self.failures.close()
+
+
+# Ctrl-C, and `kill` / `timeout` (SIGTERM), stop sampling the same way: cleanly, with every
+# answer kept and the line that says how to resume (issue #16)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
 async def _stopping(
-    stop: asyncio.Event, handle_sigint: bool, stop_when: threading.Event | None
+    stop: asyncio.Event,
+    handle_sigint: bool,
+    stop_when: threading.Event | None,
+    summary: SampleSummary | None = None,
 ) -> AsyncIterator[None]:
-    """`stop` is set by the first Ctrl-C (a second falls through to the default handler), or
-    when `stop_when` is set from another thread (polled: an asyncio.Event is not thread-safe)."""
+    """`stop` is set by the first Ctrl-C or SIGTERM (a second goes to the handler that was
+    there before: KeyboardInterrupt, or cli/app.py's exit), or when `stop_when` is set from
+    another thread (polled: an asyncio.Event is not thread-safe). The signal is recorded in
+    `summary.stop_signal`."""
     loop = asyncio.get_running_loop()
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if handle_sigint else {}
+
+    def restore() -> None:
+        for sig, handler in before.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, TypeError):
+                loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)  # asyncio leaves SIG_DFL behind
+
     if handle_sigint:
 
-        def on_sigint() -> None:
+        def on_signal(signum: int) -> None:
             stop.set()
-            loop.remove_signal_handler(signal.SIGINT)
+            if summary is not None:
+                summary.stop_signal = signum
+            restore()
 
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal, sig)
 
     async def watch(event: threading.Event) -> None:
         while not event.is_set():
@@ -280,9 +393,7 @@ async def _stopping(
     finally:
         if watcher is not None:
             watcher.cancel()
-        if handle_sigint:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGINT)
+        restore()
 
 
 async def _sample_async(
@@ -324,17 +435,19 @@ async def _sample_async(
 
     stop = asyncio.Event()
     sampling_start = time.monotonic()
-    records = _Records(run, teacher_info)
+    records = _Records(run, teacher_info, system_prompt)
+    source = key_source(t) if api_key else None
     engine = Engine(
-        Transport(base_url, api_key, t.concurrency, t.timeout_s), limits, body,
+        Transport(base_url, api_key, t.concurrency, t.timeout_s, key_source=source), limits, body,
         records.on_sample, records.on_failure, RetryPolicy(max_retries=t.max_retries), stats,
         s.max_tokens,
     )  # fmt: skip
     fatal: FatalError | None = None
     finished = False
+    failing = False
     try:
         async with (
-            _stopping(stop, handle_sigint, stop_when),
+            _stopping(stop, handle_sigint, stop_when, summary),
             engine.transport,
             Progress(stats, limits.concurrency, console, live=live, log_every_s=log_every_s),
         ):
@@ -342,14 +455,15 @@ async def _sample_async(
                 finished = await engine.run(jobs(), stop)
             except FatalError as e:
                 fatal = e
-            except OSError as e:  # writing a sample failed: disk full, folder removed
-                raise UserError(
-                    f"cannot write to {run.path}: {e.strerror or e}; free some space or "
-                    "check the folder, then rerun the same command to go on"
-                ) from None
+            except (OSError, UserError) as e:  # writing a sample failed: disk full, folder gone
+                kept = summary.answered_before + records.written
+                why = str(e) if isinstance(e, UserError) else f"cannot write to {run.path}: {e}"
+                raise UserError(f"{why} [{kept} answers kept in {run.samples}]") from None
+    except BaseException:
+        failing = True
+        raise
     finally:
-        records.close()
-        summary.answered_now = stats.done
+        summary.answered_now = records.written
         summary.failed = stats.failed
         summary.pending = len(todo) - stats.done - stats.failed
         summary.truncated = stats.truncated
@@ -358,6 +472,11 @@ async def _sample_async(
         summary.min_concurrency = limits.concurrency.min_seen
         summary.sampling_s = records.last_answer - sampling_start
         summary.interrupted = not finished and fatal is None
+        try:
+            records.close()
+        except UserError:  # a full disk fails the close too: say it once, the first time
+            if not failing:
+                raise
     if fatal is not None:
         kept = summary.answered_before + summary.answered_now
         raise UserError(f"{fatal} [{kept} answers kept in {run.samples}]", exit_code=3)

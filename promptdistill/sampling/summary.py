@@ -25,6 +25,7 @@ class SampleSummary:
     elapsed_s: float = 0.0
     sampling_s: float = 0.0  # from the first request to the last answer
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that interrupted it (SIGINT, SIGTERM), if any
 
     @property
     def complete(self) -> bool:

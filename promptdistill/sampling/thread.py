@@ -56,6 +56,7 @@ class SamplingThread:
                 persona=self.persona,
                 stop=self.stop,
                 ready=self.ready,
+                lock=False,  # the command that started this thread holds the run's lock
             )
         except BaseException as e:  # reported by the main thread once training has stopped
             self.error = e

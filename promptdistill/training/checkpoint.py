@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from promptdistill.core.config import StudentConfig, TrainConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import atomic_write_bytes, atomic_write_json, read_jsonl
+from promptdistill.core.io import atomic_write_bytes, atomic_write_json, read_jsonl, writing
 from promptdistill.core.rundir import RunDir
 
 # Changing any of these makes an old checkpoint a different experiment: refuse to resume it.
@@ -126,17 +126,22 @@ def write_checkpoint(root: Path, snap: dict[str, Any], keep: int) -> Path:
     """Write a snapshot to root/step-XXXXXX atomically (temp dir + rename); keep the last few."""
     step = snap["state"]["step"]
     final = root / f"step-{step:06d}"
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(snap["trainable"], str(tmp / "adapter.safetensors"))
-    save_file(snap["optimizer"], str(tmp / "optimizer.safetensors"))
-    save_file(snap["rng_tensors"], str(tmp / "rng.safetensors"))
-    atomic_write_json(tmp / "state.json", snap["state"])
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        with writing(final):  # a full disk: one line naming the checkpoint (issue #16)
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            save_file(snap["trainable"], str(tmp / "adapter.safetensors"))
+            save_file(snap["optimizer"], str(tmp / "optimizer.safetensors"))
+            save_file(snap["rng_tensors"], str(tmp / "rng.safetensors"))
+            atomic_write_json(tmp / "state.json", snap["state"])
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint frees its space
+        raise
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

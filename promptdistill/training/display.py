@@ -118,6 +118,11 @@ class StepLog:
         if self._display is not None and not self._display.live:
             self._display.log(f"step {step}/{total} | val loss {val_loss:.4f}")
 
+    def sync(self) -> None:
+        """metrics.jsonl on disk up to here (before a checkpoint says the steps are done)."""
+        if self._file is not None:
+            self._file.sync()
+
     def close(self) -> None:
         if self._display is not None:
             self._display.close()

@@ -23,8 +23,8 @@ import torch
 
 from promptdistill.core.config import SamplingParams, TeacherConfig, TrainConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import read_jsonl
 from promptdistill.core.rundir import RunDir
+from promptdistill.core.samples import SampleReader
 from promptdistill.models.chat import Renderer
 from promptdistill.training import kl
 from promptdistill.training.batching import Batch, Mode, TeacherTargets
@@ -224,7 +224,7 @@ def run_sampling(run: RunDir) -> SamplingParams:
 
 def system_prompt_of(run: RunDir) -> str:
     """The system prompt the teacher answered with: the samples', else the persona's."""
-    for record in read_jsonl(run.samples):
+    for record in SampleReader(run.samples).records():
         for m in record.get("messages") or []:
             if isinstance(m, dict) and m.get("role") == "system" and m.get("content"):
                 return str(m["content"])

@@ -141,15 +141,17 @@ def train(
     wait_start = source.wait_s
     last_eval: tuple[int, Validation] | None = None  # (step, examples) of the last validation
 
-    def flush() -> None:
+    def flush(sync: bool = False) -> None:
         """Report the previous step: its loss has long been computed, so reading it costs no
-        stall (nanoGPT: `loss.item()` only at log time)."""
+        stall (nanoGPT: `loss.item()` only at log time). `sync`: and fsync metrics.jsonl."""
         nonlocal pending
         if pending is not None:
             loss, record = pending
             pending = None
             log.step(record, float(dist.mean(loss).item()), total, source.wait_s - wait_start,
                      source.status(record))  # fmt: skip
+        if sync:
+            log.sync()
 
     def validate(at_step: int, val: Validation) -> None:
         nonlocal last_eval
@@ -213,15 +215,16 @@ def train(
                 elif step % 1000 == 0:  # and collect now and then, as nanochat does
                     gc.collect()
 
-                # ---- every save_every steps: checkpoint in the background
+                # ---- every save_every steps: its metrics line on disk (#16), then a checkpoint
                 if step % cfg.save_every == 0 and step < total:
+                    flush(sync=True)
                     checkpoints.save(step, position)
 
                 # ---- Ctrl-C: finish this step, save, stop
                 if dist.any(source.stop.is_set()):
                     interrupted = True
                     break
-            flush()
+            flush(sync=True)
 
             # ---- the end: final validation and checkpoint
             if not interrupted:

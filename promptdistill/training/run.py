@@ -20,7 +20,7 @@ from typing import Any
 
 from promptdistill.core.config import DatumConfig, StudentConfig, TrainConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import replace_dir
+from promptdistill.core.io import replace_dir, writing
 from promptdistill.core.merge import merge, validate
 from promptdistill.core.plots import plot_loss
 from promptdistill.core.rundir import RunDir
@@ -167,7 +167,7 @@ def _train_run(
     wait_start = source.wait_s
     out = train(
         student, source, objective, cfg, start_step=start_step, position=position,
-        resumed=resumed_from is not None, log=log, checkpoints=checkpoints,
+        resumed=_validated(run, resumed_from), log=log, checkpoints=checkpoints,
     )  # fmt: skip
     wait = (source.wait_s - wait_start) / max(log.loop_s, 1e-9)
     result = TrainResult(
@@ -229,13 +229,31 @@ def _resume(
     return int(state["step"]), state["data_position"]
 
 
+def _validated(run: RunDir, step: int | None) -> bool:
+    """Does metrics.jsonl hold the validation of `step`, the step resumed from? A run killed
+    between that checkpoint and its validation has not, and validates again (issue #16)."""
+    from promptdistill.core.io import read_jsonl
+
+    if step is None:
+        return False
+    if step == 0:
+        return True
+    return any(r.get("type") == "eval" and r.get("step") == step for r in read_jsonl(run.metrics))
+
+
 def _save_adapter(run: RunDir, student: Student) -> None:
     """RUN/adapter, replaced atomically, and the loss curve."""
     tmp = run.file(f".{run.adapter.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    student.save_adapter(tmp)
+    try:
+        with writing(run.adapter):
+            student.save_adapter(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     replace_dir(tmp, run.adapter)
-    plot_loss(_metrics(run), run.loss_png, f"promptdistill train: {run.path.name}")
+    with writing(run.loss_png):
+        plot_loss(_metrics(run), run.loss_png, f"promptdistill train: {run.path.name}")
 
 
 def _epoch_source(
@@ -259,6 +277,9 @@ def _epoch_source(
 
 
 def _say_datums(data: Datums, cfg: DatumConfig, rebuilt: bool, say: Callable[..., None]) -> None:
+    from promptdistill.core.samples import skipped_note
+    from promptdistill.datums.build import prefix_note
+
     st = data.stats
     say(
         f"datums: {st['train']['examples']} train / {st['val']['examples']} val examples, "
@@ -266,9 +287,11 @@ def _say_datums(data: Datums, cfg: DatumConfig, rebuilt: bool, say: Callable[...
         f"{st['dropped']} dropped (> --max-len {cfg.max_len}); teacher answers left out: "
         f"{st.get('loops', 0)} looping"
         + (" (kept: --keep-loops)" if cfg.keep_loops else "")
-        + f", {st.get('empty', 0)} empty; system prompt removed: "
+        + f", {st.get('empty', 0)} empty{prefix_note(st)}; system prompt removed: "
         f"{st['system_tokens_removed_mean']:.0f} tokens/example" + ("" if rebuilt else " (cached)")
     )
+    if st.get("skipped_lines"):
+        say(f"[yellow]warning:[/] {skipped_note(st['skipped_first'], st['skipped_lines'])}")
 
 
 def _config_record(

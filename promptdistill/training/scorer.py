@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from promptdistill.clients.endpoint import ChatResult, FatalError, Transport
-from promptdistill.clients.keys import read_api_key
+from promptdistill.clients.keys import key_source, read_api_key
 from promptdistill.core.config import TeacherConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import read_jsonl
+from promptdistill.core.samples import SampleReader
 from promptdistill.models.chat import Renderer
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
@@ -43,7 +43,7 @@ class EndpointScorer:
         # each prompt's conversation as the teacher answered it (system prompt included),
         # without its answer: the student's answer takes that place
         self.prompts: dict[str, list[dict[str, str]]] = {}
-        for record in read_jsonl(samples):
+        for record in SampleReader(samples).records():
             messages = record.get("messages") or []
             if messages and messages[-1].get("role") == "assistant":
                 self.prompts[str(record.get("id"))] = messages[:-1]
@@ -123,7 +123,10 @@ class EndpointScorer:
             failures.append(error)
 
         engine = Engine(
-            Transport(t.base_url or "", self.api_key, t.concurrency, t.timeout_s),
+            Transport(
+                t.base_url or "", self.api_key, t.concurrency, t.timeout_s,
+                key_source=key_source(t),
+            ),
             Limits(t.concurrency, t.rpm, t.tpm), body, on_result, on_failure,
             RetryPolicy(max_retries=t.max_retries), EngineStats(total=len(jobs)), 1,
         )  # fmt: skip

@@ -41,7 +41,14 @@ import orjson
 from promptdistill.core.config import DatumConfig, TrainConfig
 from promptdistill.core.errors import UserError
 from promptdistill.core.rundir import RunDir
-from promptdistill.datums.build import Datum, build_datums, split_of
+from promptdistill.core.samples import SampleReader
+from promptdistill.datums.build import (
+    PREFIX_IDS_SHOWN,
+    Datum,
+    build_datums,
+    check_prefix_failures,
+    split_of,
+)
 from promptdistill.datums.store import Datums, prepare_datums, to_arrays, tokenizer_fingerprint
 from promptdistill.models.chat import Renderer
 from promptdistill.training.batching import Batch, BudgetFill, collate
@@ -101,15 +108,16 @@ class SampleTail:
         return line[:-1]
 
 
-def _record(line: bytes) -> dict[str, Any] | None:
-    """A sample record, or None for a blank or garbled line (build_datums counts it invalid)."""
+def _record(line: bytes, reader: SampleReader, at: str = "") -> dict[str, Any] | None:
+    """A sample record in full (core/samples.py), or None for a blank or garbled line (a line
+    still being written) or one that is not a sample record (`reader` says where)."""
     if not line.strip():
         return None
     try:
-        record = orjson.loads(line)
+        value = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    return record if isinstance(record, dict) else None
+    return reader.expand(value, at=at or None)
 
 
 # --------------------------------------------------------------------------- the batch source
@@ -167,6 +175,13 @@ class SampleStream:
         self.trained = 0  # training examples handed out as batches, over all runs
         self.batches = 0
         self._tail = SampleTail(run.samples)  # the reader thread's
+        # records in full; the reader thread's says where a line is not a record, the scans'
+        # (of lines it reads again) stay quiet
+        self._records = SampleReader(
+            run.samples, on_skip=lambda m: say(f"[yellow]warning:[/] {m}; skipped")
+        )
+        self._quiet = SampleReader(run.samples)
+        self._template: dict[str, Any] = {"prefix_failed": 0, "checked": 0, "prefix_failed_ids": []}
         self._offset = 0  # lines before it are in the buffer, trained, or not for training
         self._seen: set[str] = set()
         self._buffer: list[_Item] = []
@@ -197,7 +212,7 @@ class SampleStream:
         scan = SampleTail(self.run.samples)
         while lines := scan.read():
             for _, line in lines:
-                record = _record(line)
+                record = _record(line, self._quiet)
                 if record is not None and record.get("split") != "heldout":
                     ids.add(str(record.get("id", "")))
         vf = self.datum_cfg.val_fraction
@@ -246,7 +261,7 @@ class SampleStream:
                     f"(byte {offset}); move RUN/checkpoints away to retrain from the start"
                 )
             for start, line in lines:
-                record = _record(line) if start < offset else None
+                record = _record(line, self._quiet) if start < offset else None
                 if record is None or record.get("split") == "heldout":
                     continue
                 rid = str(record.get("id", ""))
@@ -293,7 +308,8 @@ class SampleStream:
         so that a position taken at any time is consistent."""
         records, starts = [], {}
         for start, line in lines:
-            record = _record(line)
+            record = _record(line, self._records if dedup else self._quiet,
+                             f"{self.run.samples} (byte {start})")  # fmt: skip
             if record is None or record.get("split") == "heldout":
                 continue
             rid = str(record.get("id", ""))
@@ -302,7 +318,10 @@ class SampleStream:
             self._seen.add(rid)
             records.append(record)
             starts[rid] = start
-        datums = build_datums(records, self.renderer, self.datum_cfg, self.model_name)[0]
+        datums, stats = build_datums(
+            records, self.renderer, self.datum_cfg, self.model_name, check_template=False
+        )
+        self._check_template(stats)
         with self._cond:
             for d in datums:
                 if d.split == "train":
@@ -315,6 +334,19 @@ class SampleStream:
             self._buffer.sort(key=lambda item: item.offset)  # resume adds waiting lines first
             self._offset = max(self._offset, offset)
             self._cond.notify_all()
+
+    def _check_template(self, stats: dict[str, Any]) -> None:
+        """The prefix-check rule of `build_datums`, over the records read so far: a few failed
+        records are skipped; most of them, once a fair number have arrived, refuse the
+        template (issue #16)."""
+        t = self._template
+        t["prefix_failed"] += stats["prefix_failed"]
+        t["checked"] += stats["checked"]
+        t["prefix_failed_ids"] = (t["prefix_failed_ids"] + stats["prefix_failed_ids"])[
+            :PREFIX_IDS_SHOWN
+        ]
+        if t["checked"] >= 16 or self._sampling_done():
+            check_prefix_failures(t, self.model_name)
 
     # ---- the trainer's side
 
