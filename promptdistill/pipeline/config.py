@@ -38,7 +38,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # docs/benchmarks.md "Objectives" (issue #13).
     "demo": {
         "sample": {"n": 120, "sampling": {"max_tokens": 96, "temperature": 0.7}},
-        "train": {"objective": "kd", "epochs": 2, "eval_every": 20, "save_every": 20},
+        # 6 steps: a 2-step warm-up (the default 10 would never reach the peak rate)
+        "train": {"objective": "kd", "epochs": 2, "warmup": 2, "eval_every": 20, "save_every": 20},
         "eval": {"max_heldout": 40, "max_new_tokens": 96, "judge": {"enabled": False}},
     },
 }
