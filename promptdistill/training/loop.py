@@ -99,6 +99,17 @@ def validation_loss(student: Student, val: Validation, objective: Objective, bud
     return float(total.item() / max(weight, 1e-9))
 
 
+def manage_gc(step: int, start_step: int) -> None:
+    """After the first step: freeze the GC (nanochat: avoids ~100 ms pauses); and collect now
+    and then, as nanochat does."""
+    if step == start_step + 1:
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+    elif step % 1000 == 0:
+        gc.collect()
+
+
 @contextmanager
 def stop_on_sigint(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C sets `stop` (the loop finishes its step, saves and stops); a second Ctrl-C
@@ -207,13 +218,7 @@ def train(
                 }
                 pending = (loss, record)
 
-                # ---- after the first step: freeze the GC (nanochat: avoids ~100 ms pauses)
-                if step == start_step + 1:
-                    gc.collect()
-                    gc.freeze()
-                    gc.disable()
-                elif step % 1000 == 0:  # and collect now and then, as nanochat does
-                    gc.collect()
+                manage_gc(step, start_step)
 
                 # ---- every save_every steps: its metrics line on disk (#16), then a checkpoint
                 if step % cfg.save_every == 0 and step < total:
