@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import os_error
+from promptdistill.core.io import os_error, writing
 from promptdistill.core.rundir import RunDir
 
 
@@ -30,6 +30,9 @@ def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print)
     adapter = run.require_adapter()
     if out.exists() and not out.is_dir():
         raise UserError(f"--merged {out} is a file, not a directory; choose a new directory")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--merged {out}: {above} is a file, not a directory; choose another path")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --merged directory")
     base_name = run.trained_student().model
@@ -42,14 +45,12 @@ def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print)
         log(f"merging {adapter} into {base_name} ...")
         merged = load_student(base_name, adapter, dtype=dtype).merge_and_unload()
         tokenizer = load_tokenizer(base_name)
-        try:
+        with writing(out):  # also the OS errors safetensors wraps in its own type
             merged.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             if out.exists():
                 out.rmdir()  # checked empty above
             os.rename(tmp, out)
-        except OSError as e:
-            raise os_error(e, out) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")

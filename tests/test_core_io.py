@@ -226,3 +226,23 @@ def test_a_run_on_a_read_only_file_system_is_one_line(tmp_path: Path) -> None:
         assert str(disk / "run") in line and "read-only" in line, line
         assert (disk / "run" / "samples.jsonl").read_bytes() == before
         remount(disk, "rw")
+
+
+def test_an_os_error_no_stage_converted_is_worded_by_what_failed() -> None:
+    """The CLI's last boundary (cli/app.py) does not know whether the failed call read or
+    wrote: a missing file must not read 'cannot write', a full disk must."""
+    import errno
+
+    from promptdistill.core.io import as_os_error, os_error
+
+    missing = os_error(OSError(errno.ENOENT, "No such file", "/r/x.json"), action=None)
+    assert (
+        str(missing)
+        == "cannot access /r/x.json: no such file or directory: was the folder removed?"
+    )
+    full = os_error(OSError(errno.ENOSPC, "No space left on device", "/r/a"), action=None)
+    assert str(full).startswith("cannot write /r/a: the disk is full")
+    wrapped = as_os_error(RuntimeError("I/O error: File too large (os error 27)"))
+    assert wrapped is not None and str(os_error(wrapped, action=None)).startswith(
+        "cannot write a file: the file is larger than this system allows"
+    )

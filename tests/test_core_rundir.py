@@ -80,6 +80,20 @@ def test_a_second_sample_exits_at_once_and_a_killed_holder_frees_the_run(tmp_pat
     assert len(records) == 60 and len({r["id"] for r in records}) == 60
 
 
+def _every_command(persona: Path, run: Path, merged: Path) -> list[list[str]]:
+    """sample, train, eval, compare, export and run on `run`, each as the CLI is called."""
+    cli = [sys.executable, "-m", "promptdistill"]
+    url = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    return [
+        cli_args(persona, run, 2, "http://127.0.0.1:9/v1"),
+        [*cli, "train", str(run), "--steps", "1"],
+        [*cli, "eval", str(run), "--no-judge"],
+        [*cli, "compare", str(run), "--prompt", "hi"],
+        [*cli, "export", str(run), "--merged", str(merged)],
+        [*cli, "run", str(persona), "--run", str(run), *url],
+    ]
+
+
 @pytest.mark.slow
 def test_every_command_that_writes_a_run_refuses_a_held_run(tmp_path: Path) -> None:
     """sample, train, eval, compare, export and run each name the PID that holds the run,
@@ -87,16 +101,7 @@ def test_every_command_that_writes_a_run_refuses_a_held_run(tmp_path: Path) -> N
     persona = write_persona(tmp_path)
     run = RunDir(tmp_path / "run").create()
     run.samples.write_bytes(b'{"id": "a", "split": "train", "messages": []}\n')
-    cli = [sys.executable, "-m", "promptdistill"]
-    url = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
-    commands = [
-        cli_args(persona, run.path, 2, "http://127.0.0.1:9/v1"),
-        [*cli, "train", str(run.path), "--steps", "1"],
-        [*cli, "eval", str(run.path), "--no-judge"],
-        [*cli, "compare", str(run.path), "--prompt", "hi"],
-        [*cli, "export", str(run.path), "--merged", str(tmp_path / "merged")],
-        [*cli, "run", str(persona), "--run", str(run.path), *url],
-    ]
+    commands = _every_command(persona, run.path, tmp_path / "merged")
     with run.locked():
         before = sorted(p.name for p in run.path.iterdir())
         for args in commands:
@@ -104,3 +109,24 @@ def test_every_command_that_writes_a_run_refuses_a_held_run(tmp_path: Path) -> N
     assert sorted(p.name for p in run.path.iterdir()) == before
     assert run.samples.read_bytes() == b'{"id": "a", "split": "train", "messages": []}\n'
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.slow
+def test_every_command_names_a_broken_config_yaml_before_it_works(tmp_path: Path) -> None:
+    """A config.yaml that is not YAML was a traceback (issue #16), and `train` found out only
+    after building the datums and loading the model; each command now stops first, with the
+    file and line, and leaves the run as it was."""
+    persona = write_persona(tmp_path)
+    run = RunDir(tmp_path / "run").create()
+    run.samples.write_bytes(b'{"id": "a", "split": "train", "messages": []}\n')
+    run.adapter.mkdir()
+    (run.adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/no/model"}')
+    broken = b"sample:\n  persona: [tiny\n"
+    run.config_path.write_bytes(broken)
+    commands = _every_command(persona, run.path, tmp_path / "merged")
+    before = sorted(p.name for p in run.path.iterdir())
+    for args in commands:
+        line = one_line_error(run_cli(args), 2)
+        assert f"{run.config_path}:2: YAML syntax error" in line, (args[3], line)
+        assert sorted(p.name for p in run.path.iterdir() if p.name != ".lock") == before
+    assert run.config_path.read_bytes() == broken and not (tmp_path / "merged").exists()

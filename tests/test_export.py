@@ -63,6 +63,20 @@ def test_merged_export_matches_base_plus_adapter(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not empty"):
         export_merged(run, out)
 
+    # the disk fills up while the weights are written (RLIMIT_FSIZE: EFBIG, tests/fs_faults.py):
+    # one line naming the target, and no half-written model left behind (issue #16)
+    from fixtures_openai import one_line_error
+    from fs_faults import file_size_limit
+
+    full = tmp_path / "full" / "merged"
+    cmd[-1] = str(full)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                       preexec_fn=file_size_limit(20_000),
+                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    line = one_line_error(r, 2)
+    assert f"cannot write {full}" in line and "larger than this system allows" in line, line
+    assert list(full.parent.iterdir()) == []  # neither the target nor its temp dir
+
 
 def test_export_without_adapter_is_a_user_error(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run").create()
@@ -70,7 +84,7 @@ def test_export_without_adapter_is_a_user_error(tmp_path: Path) -> None:
         export_merged(run, tmp_path / "out")
 
 
-@pytest.mark.parametrize("target", ["a file", "read-only"])
+@pytest.mark.parametrize("target", ["a file", "under a file", "read-only"])
 def test_an_unwritable_target_fails_before_the_merge(tmp_path: Path, target: str) -> None:
     """`--merged` at a file or on a read-only file system was a traceback, and only after the
     whole merge (issue #16); the target is checked first."""
@@ -87,6 +101,10 @@ def test_an_unwritable_target_fails_before_the_merge(tmp_path: Path, target: str
             out = tmp_path / "merged.bin"
             out.write_bytes(b"keep me")
             said = "is a file, not a directory"
+        elif target == "under a file":
+            (tmp_path / "models").write_bytes(b"keep me")
+            out = tmp_path / "models" / "merged"
+            said = f"{tmp_path / 'models'} is a file, not a directory"
         else:
             out = stack.enter_context(read_only_dir(tmp_path / "ro")) / "merged"
             said = "read-only" if os.geteuid() == 0 else "permission denied"
@@ -95,5 +113,5 @@ def test_an_unwritable_target_fails_before_the_merge(tmp_path: Path, target: str
         line = one_line_error(r, 2)
         assert str(out) in line and said in line, line
         assert "merging" not in r.stdout  # no model was loaded
-    if target == "a file":
-        assert out.read_bytes() == b"keep me"
+    if target != "read-only":
+        assert (out if target == "a file" else out.parent).read_bytes() == b"keep me"

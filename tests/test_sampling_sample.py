@@ -369,9 +369,12 @@ def test_the_same_persona_by_name_and_by_path_resumes(tmp_path: Path) -> None:
     assert len(samples(run)) == 6
 
 
-def test_an_invalid_base_url_creates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["sample", "run"])
+def test_an_invalid_base_url_creates_nothing(tmp_path: Path, command: str) -> None:
     persona = write_persona(tmp_path)
-    result = run_cli(cli_args(persona, tmp_path / "run", 5, "ftp://example.com/v1"))
+    args = cli_args(persona, tmp_path / "run", 5, "ftp://example.com/v1")
+    args[args.index("sample")] = command
+    result = run_cli(args)
     line = one_line_error(result, 2)
     assert "--base-url" in line and "not an http(s) URL" in line
     assert not (tmp_path / "run").exists()

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         found = as_os_error(e)  # also one a library wrapped (safetensors: "os error 28")
         if found is None:
             raise
-        _print_error(str(os_error(found)))
+        _print_error(str(os_error(found, action=None)))
         return 2
     return rc if isinstance(rc, int) else 0
 

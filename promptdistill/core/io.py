@@ -44,8 +44,16 @@ _ADVICE = {
 }
 
 
-def os_error(e: OSError, path: Path | str | None = None, action: str = "cannot write") -> UserError:
-    """`e` as the one line a user sees: what failed, on which path, and what to do."""
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def os_error(
+    e: OSError, path: Path | str | None = None, action: str | None = "cannot write"
+) -> UserError:
+    """`e` as the one line a user sees: what failed, on which path, and what to do. `action`
+    None: worded from the error alone (for an error whose operation is not known)."""
+    if action is None:
+        action = "cannot write" if e.errno in _WRITE_ERRORS else "cannot access"
     where = path if path is not None else e.filename
     advice = _ADVICE.get(e.errno or 0) or (e.strerror or str(e))
     return UserError(f"{action} {where if where is not None else 'a file'}: {advice}")

@@ -63,6 +63,7 @@ def resolve_configs(
     """The run's recorded `train` stage (when resuming, so `promptdistill train RUN` goes on
     with the flags it started with), with the flags given on top. `flags` has the sections
     `student`, `datums` and `train`."""
+    run.read_config()  # a broken config.yaml is one line now, not after datums and model (#16)
     saved = run.stage_config("train") if (checkpoint_dirs(run) and not fresh) else None
     sections = ("student", "datums", "train")
     merged = merge({k: (saved or {}).get(k) or {} for k in sections}, flags)
