@@ -32,8 +32,16 @@ def build_app() -> typer.Typer:
         add_completion=False,
     )
     # in data-flow order, as `--help` lists them
+    app.command()(data.init)
     app.command()(data.personas)
-    app.command()(data.prompts)
+    prompts_app = typer.Typer(
+        cls=data.DefaultShow,
+        help="Preview a persona's user prompts (`prompts PERSONA`), or have the teacher write "
+        "some (`prompts generate PERSONA -n N`).",
+        no_args_is_help=True,
+    )
+    prompts_app.command("show")(data.prompts_show)
+    app.add_typer(prompts_app, name="prompts")
     app.command()(sample.sample)
     app.command()(train.train)
     app.command()(train.export)

@@ -17,7 +17,9 @@ Choices, each tested in tests/test_datums.py:
   that token is masked). The newline the template writes *after* `<|im_end|>` is weight 0:
   generation stops at the end-of-turn token, so the student never has to produce it.
 - A teacher answer cut off by max_tokens (`truncated`) is kept, but its end-of-turn token is
-  weight 0: the teacher did not choose to stop there, and the student must not learn to.
+  weight 0: the teacher did not choose to stop there, and the student must not learn to. In a
+  multi-turn conversation (`sample --turns K`, issue #14) that holds for each cut answer, as
+  its `finish_reasons` say; every assistant turn is trained on.
 - Prefix check: for each assistant turn, the rendered prompt (add_generation_prompt=True) must be
   a token prefix of the rendered conversation; otherwise the weights would point at the wrong
   tokens. One odd answer can fail it on a good template (a BPE merge across the turn boundary),
@@ -88,10 +90,13 @@ def conversation_to_datum(
     split: str = "train",
     teacher_truncated: bool = False,
     model_name: str = "the student",
+    truncated_turns: frozenset[int] = frozenset(),
 ) -> Datum:
     """Strip system messages, render with the student's template, weight every assistant turn.
 
-    Raises UserError if the template is not prefix-stable, ValueError for an unusable record.
+    `truncated_turns`: the (0-based) assistant turns that were cut at max_tokens; with
+    `teacher_truncated` the last one is. Raises UserError if the template is not prefix-stable,
+    ValueError for an unusable record.
     """
     convo = [
         {"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"
@@ -102,9 +107,11 @@ def conversation_to_datum(
     tokens: list[int] = []
     weights: list[float] = []
     last_assistant = max(i for i, m in enumerate(convo) if m["role"] == "assistant")
+    turn = -1
     for i, m in enumerate(convo):
         if m["role"] != "assistant":
             continue
+        turn += 1
         prompt = renderer.tokens(convo[:i], generation_prompt=True)
         full = renderer.tokens(convo[: i + 1], generation_prompt=False)
         if full[: len(prompt)] != prompt or prompt[: len(tokens)] != tokens:
@@ -123,7 +130,8 @@ def conversation_to_datum(
         ends = [j for j, t in enumerate(reply) if t in end_ids]
         stop = ends[-1] + 1 if ends else len(reply)
         reply_weights = [1.0] * stop + [0.0] * (len(reply) - stop)
-        if teacher_truncated and i == last_assistant and ends:
+        cut = turn in truncated_turns or (teacher_truncated and i == last_assistant)
+        if cut and ends:
             reply_weights[ends[-1]] = 0.0  # the teacher was cut off, it did not stop
         tokens += reply
         weights += reply_weights
@@ -242,6 +250,10 @@ def build_datums(
             continue
         teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
         counts["checked"] += 1
+        reasons = r.get("finish_reasons")
+        cut_turns = frozenset(
+            k for k, f in enumerate(reasons if isinstance(reasons, list) else []) if f == "length"
+        )
         try:
             d = conversation_to_datum(
                 messages,
@@ -250,6 +262,7 @@ def build_datums(
                 split=split_of(rid, cfg.val_fraction),
                 teacher_truncated=teacher_cut,
                 model_name=model_name,
+                truncated_turns=cut_turns,
             )
         except PrefixError:
             counts["prefix_failed"] += 1
