@@ -213,3 +213,28 @@ def read_system_prompt(path: str | None, stdin_text: str | None) -> str | None:
             f"--system-prompt-file {path}: not UTF-8 (bad byte at offset {e.start}); re-save it "
             "as UTF-8"
         ) from None
+
+
+def add_source(prompt_set_file: Path, source: Path, heldout: float | None = 0.1) -> str:
+    """List `source` under `sources:` of a prompt set file, keeping its comments: appended as
+    a new top-level key when the file has none (else the user is told what to add). Returns
+    what was done, for the user."""
+    from promptdistill.core.yamlio import read_yaml
+
+    rel = os.path.relpath(source.resolve(), prompt_set_file.resolve().parent)
+    data, _ = read_yaml(prompt_set_file)
+    listed = data.get("sources") if isinstance(data, dict) else None
+    entry = f"  - path: {_scalar(rel)}\n" + (f"    heldout: {heldout}\n" if heldout else "")
+    if isinstance(listed, list):
+        for s in listed:
+            path = s.get("path") if isinstance(s, dict) else None
+            if path and (prompt_set_file.resolve().parent / path).resolve() == source.resolve():
+                return f"{prompt_set_file} already lists {rel} as a source"
+        return f"add it to the sources of {prompt_set_file}:\n{entry.rstrip()}"
+    text = prompt_set_file.read_text(encoding="utf-8")
+    addition = (
+        "\n# teacher-written prompts (promptdistill prompts generate); a share held out for eval\n"
+        f"sources:\n{entry}"
+    )
+    atomic_write_text(prompt_set_file, text.rstrip("\n") + "\n" + addition)
+    return f"listed {rel} as a source of {prompt_set_file}"

@@ -191,6 +191,24 @@ class SampleConfig(StrictModel):
     turns: int = Field(1, ge=1, le=32)
 
 
+class PromptWriteConfig(StrictModel):
+    """What `promptdistill prompts generate` asks the teacher for (issue #14)."""
+
+    persona: str
+    n: int = Field(ge=1)
+    data_dir: str | None = None
+    topics: list[str] = Field(default_factory=list)  # empty: the prompt set's categories
+    per_request: int = Field(8, ge=1, le=50)  # user messages asked for in one request
+    # a new prompt whose MiniLM cosine similarity to a kept one reaches this is a near duplicate
+    threshold: float = Field(0.9, gt=0.0, le=1.0)
+    seed: int = 0
+    max_requests: int | None = Field(None, ge=1)  # default: enough for n, three times over
+    sampling: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(temperature=1.0, max_tokens=640)
+    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+
 class StudentConfig(StrictModel):
     model: str = "smollm2-135m"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"

@@ -379,7 +379,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
-async def _stopping(
+async def stopping(
     stop: asyncio.Event,
     handle_sigint: bool,
     stop_when: threading.Event | None,
@@ -482,7 +482,7 @@ async def _sample_async(
     failing = False
     try:
         async with (
-            _stopping(stop, handle_sigint, stop_when, summary),
+            stopping(stop, handle_sigint, stop_when, summary),
             engine.transport,
             Progress(stats, limits.concurrency, console, live=live, log_every_s=log_every_s),
         ):
