@@ -38,7 +38,7 @@ The arrays and their files: datums/store.py.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,38 +197,19 @@ def attach_logprobs(
 # --------------------------------------------------------------------------- the whole run
 
 
-def build_datums(
+def usable_records(
     records: Iterable[dict[str, Any]],
-    renderer: Renderer,
     cfg: DatumConfig,
-    model_name: str,
-    check_template: bool = True,
-) -> tuple[list[Datum], dict[str, Any]]:
-    """Turn sampler records into datums, with the stats the user sees. `check_template`:
-    refuse the template when most records fail the prefix check (`check_prefix_failures`);
-    a caller that builds a few records at a time (the stream) checks the running totals."""
-    datums: list[Datum] = []
-    prefix_ids: list[str] = []
+    counts: dict[str, int],
+    keep_heldout: bool = False,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(id, record) of the sampler records worth training on, counting the others: held out
+    (unless `keep_heldout`), repeated ids (the first is kept), empty answers, loops. The one
+    rule for `train` (build_datums) and `export --dataset` (datums/dataset.py)."""
     seen: set[str] = set()
-    removed_cache: dict[str, int] = {}
-    removed: list[int] = []
-    counts = {
-        "records": 0,
-        "heldout_skipped": 0,
-        "duplicates": 0,
-        "invalid": 0,
-        "truncated": 0,
-        "dropped": 0,
-        "teacher_truncated": 0,
-        "empty": 0,  # an assistant answer with no text: nothing to learn but silence
-        "loops": 0,  # an answer that loops (core/text.py), dropped unless keep_loops
-        "prefix_failed": 0,  # its rendering fails the prefix check: skipped
-        "checked": 0,  # records that reached the prefix check
-        "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
-    }
     for r in records:
         counts["records"] += 1
-        if r.get("split") == "heldout":
+        if r.get("split") == "heldout" and not keep_heldout:
             counts["heldout_skipped"] += 1
             continue
         rid = str(r.get("id", ""))
@@ -248,6 +229,39 @@ def build_datums(
         if not cfg.keep_loops and any(loops(str(a)) for a in answers):
             counts["loops"] += 1
             continue
+        yield rid, r
+
+
+def build_datums(
+    records: Iterable[dict[str, Any]],
+    renderer: Renderer,
+    cfg: DatumConfig,
+    model_name: str,
+    check_template: bool = True,
+) -> tuple[list[Datum], dict[str, Any]]:
+    """Turn sampler records into datums, with the stats the user sees. `check_template`:
+    refuse the template when most records fail the prefix check (`check_prefix_failures`);
+    a caller that builds a few records at a time (the stream) checks the running totals."""
+    datums: list[Datum] = []
+    prefix_ids: list[str] = []
+    removed_cache: dict[str, int] = {}
+    removed: list[int] = []
+    counts = {
+        "records": 0,
+        "heldout_skipped": 0,
+        "duplicates": 0,
+        "invalid": 0,
+        "truncated": 0,
+        "dropped": 0,
+        "teacher_truncated": 0,
+        "empty": 0,  # an assistant answer with no text: nothing to learn but silence
+        "loops": 0,  # an answer that loops (core/text.py), dropped unless keep_loops
+        "prefix_failed": 0,  # its rendering fails the prefix check: skipped
+        "checked": 0,  # records that reached the prefix check
+        "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
+    }
+    for rid, r in usable_records(records, cfg, counts):
+        messages = r.get("messages") or []
         teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
         counts["checked"] += 1
         reasons = r.get("finish_reasons")
