@@ -47,6 +47,7 @@ class LoadedSource:
 
     label: str  # the category its prompts carry
     where: str  # the file or dataset, as the user wrote it
+    path: Path | None = None  # the file or folder read (None: a hub dataset)
     train: list[SourcePrompt] = field(default_factory=list)
     heldout: list[SourcePrompt] = field(default_factory=list)
     rows: int = 0
@@ -61,6 +62,23 @@ class LoadedSource:
         )
 
 
+@dataclass(frozen=True)
+class Where:
+    """`prompts/x.yaml:7: field 'sources.0.path'`: where in the prompt set a problem is."""
+
+    yaml_file: Path
+    index: int
+
+    def __call__(self, sub: str | None = None) -> str:
+        loc: tuple[str | int, ...] = ("sources", self.index, *([sub] if sub else []))
+        name = ".".join(str(p) for p in loc)
+        return f"{field_line(self.yaml_file, loc)}: field '{name}'"
+
+    def place(self) -> str:
+        """`prompts/x.yaml:7`, the source's entry."""
+        return field_line(self.yaml_file, ("sources", self.index))
+
+
 def heldout_hash(text: str) -> float:
     """A stable number in [0, 1) for a prompt's text: which side of `heldout:` it falls on."""
     return int(hashlib.sha256(f"heldout:{text}".encode()).hexdigest()[:8], 16) / 2**32
@@ -73,11 +91,11 @@ def load_sources(sources: list[PromptSource], prompt_set_file: Path) -> list[Loa
 
 
 def _load(source: PromptSource, index: int, yaml_file: Path, seen: set[str]) -> LoadedSource:
-    at = f"{field_line(yaml_file, ('sources', index))}: field 'sources.{index}'"
-    kind, location = _kind(source, index, yaml_file, at)
+    at = Where(yaml_file, index)
+    kind, location = _kind(source, yaml_file, at)
     where = source.path or source.dataset or ""
     label = source.category or (Path(where).stem if source.path else where)
-    loaded = LoadedSource(label=label, where=where)
+    loaded = LoadedSource(label=label, where=where, path=None if kind == "hub" else Path(location))
     prompts: list[SourcePrompt] = []
     for text, gold in _rows(kind, location, source, at):
         loaded.rows += 1
@@ -90,20 +108,20 @@ def _load(source: PromptSource, index: int, yaml_file: Path, seen: set[str]) -> 
             seen.add(text)
             prompts.append(SourcePrompt(text=text, gold=gold))
     if not prompts:
-        raise UserError(f"{at}: {where} holds no prompts; check the file and the field or column")
+        raise UserError(f"{at()}: {where} holds no prompts; check the file and the field or column")
     held = _heldout_texts(prompts, source.heldout, at)
     loaded.train = [p for p in prompts if p.text not in held]
     loaded.heldout = [p for p in prompts if p.text in held]
     return loaded
 
 
-def _heldout_texts(prompts: list[SourcePrompt], heldout: float | None, at: str) -> set[str]:
+def _heldout_texts(prompts: list[SourcePrompt], heldout: float | None, at: Where) -> set[str]:
     if heldout is None:
         return set()
     if isinstance(heldout, int):
         if heldout >= len(prompts):
             raise UserError(
-                f"{at}.heldout: {heldout} held out of {len(prompts)} prompts leaves none to "
+                f"{at('heldout')}: {heldout} held out of {len(prompts)} prompts leaves none to "
                 "train on; hold out fewer, or a fraction such as 0.1"
             )
         ranked = sorted(prompts, key=lambda p: (heldout_hash(p.text), p.text))
@@ -111,11 +129,11 @@ def _heldout_texts(prompts: list[SourcePrompt], heldout: float | None, at: str) 
     return {p.text for p in prompts if heldout_hash(p.text) < heldout}
 
 
-def _kind(source: PromptSource, index: int, yaml_file: Path, at: str) -> tuple[str, str]:
+def _kind(source: PromptSource, yaml_file: Path, at: Where) -> tuple[str, str]:
     """(format, file path or dataset id), checked."""
     if source.dataset is not None:
         if source.format not in (None, "hub"):
-            raise UserError(f"{at}.format: a 'dataset' is read from the hub; drop 'format'")
+            raise UserError(f"{at('format')}: a 'dataset' is read from the hub; drop 'format'")
         return "hub", source.dataset
     assert source.path is not None
     path = Path(source.path).expanduser()
@@ -123,29 +141,29 @@ def _kind(source: PromptSource, index: int, yaml_file: Path, at: str) -> tuple[s
         path = yaml_file.resolve().parent / path
     if not path.exists():
         raise UserError(
-            f"{at}.path: {path} not found (a relative path is relative to {yaml_file.name}'s "
+            f"{at('path')}: {path} not found (a relative path is relative to {yaml_file.name}'s "
             "folder); fix the path or create the file"
         )
     kind = source.format or ("disk" if path.is_dir() else SUFFIXES.get(path.suffix.lower()))
     if kind is None:
         raise UserError(
-            f"{at}.path: cannot tell the format of {path.name}; name it .jsonl, .csv, .tsv, "
+            f"{at('path')}: cannot tell the format of {path.name}; name it .jsonl, .csv, .tsv, "
             ".txt or .parquet, or set 'format:' (jsonl, csv, tsv, text, parquet, disk)"
         )
     if kind == "hub":
         raise UserError(
-            f"{at}.format: 'hub' reads a 'dataset' id; use 'dataset:' instead of 'path:'"
+            f"{at('format')}: 'hub' reads a 'dataset' id; use 'dataset:' instead of 'path:'"
         )
     if (kind == "disk") != path.is_dir():
         raise UserError(
-            f"{at}.path: {path} is {'a folder' if path.is_dir() else 'a file'}, but format "
+            f"{at('path')}: {path} is {'a folder' if path.is_dir() else 'a file'}, but format "
             f"'{kind}' needs {'a folder (datasets.save_to_disk)' if kind == 'disk' else 'a file'}"
         )
     return kind, str(path)
 
 
 def _rows(
-    kind: str, location: str, source: PromptSource, at: str
+    kind: str, location: str, source: PromptSource, at: Where
 ) -> Iterator[tuple[str, str | None]]:
     if kind == "jsonl":
         yield from _jsonl(Path(location), source, at)
@@ -170,7 +188,7 @@ def _read_text(path: Path) -> str:
 # --------------------------------------------------------------------------- JSONL and CSV
 
 
-def _jsonl(path: Path, source: PromptSource, at: str) -> Iterator[tuple[str, str | None]]:
+def _jsonl(path: Path, source: PromptSource, at: Where) -> Iterator[tuple[str, str | None]]:
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -190,7 +208,7 @@ def _jsonl(path: Path, source: PromptSource, at: str) -> Iterator[tuple[str, str
 
 
 def _delimited(
-    path: Path, source: PromptSource, delimiter: str, at: str
+    path: Path, source: PromptSource, delimiter: str, at: Where
 ) -> Iterator[tuple[str, str | None]]:
     lines = _read_text(path).splitlines(keepends=True)
     reader = csv.DictReader(lines, delimiter=delimiter)
@@ -203,13 +221,13 @@ def _delimited(
     if column is None or column not in header:
         wanted = f"column '{column}' is not in the header" if column else "which column?"
         raise UserError(
-            f"{path}:1: {wanted} (columns: {', '.join(header)}); set 'column:' in {at} to the "
-            "column that holds the prompts"
+            f"{path}:1: {wanted} (columns: {', '.join(header)}); set 'column:' in "
+            f"{at.place()} to the column that holds the prompts"
         )
     if source.gold and source.gold not in header:
         raise UserError(
             f"{path}:1: gold column '{source.gold}' is not in the header ({', '.join(header)}); "
-            f"fix 'gold:' in {at}"
+            f"fix 'gold:' in {at.place()}"
         )
     for row in reader:  # a short row has None in its missing cells: an empty prompt, skipped
         gold = row.get(source.gold) if source.gold else None
@@ -219,13 +237,13 @@ def _delimited(
 # --------------------------------------------------------------------------- one record
 
 
-def _prompt_of(record: dict[str, Any], source: PromptSource, where: str, at: str) -> str:
+def _prompt_of(record: dict[str, Any], source: PromptSource, where: str, at: Where) -> str:
     key = source.key or next((k for k in DEFAULT_FIELDS if k in record), None)
     if key is None or key not in record:
         keys = ", ".join(list(record)[:8]) or "none"
         asked = f"field '{key}'" if key else "no 'prompt' or 'messages' field"
         raise UserError(
-            f"{where}: {asked} (the record has: {keys}); set 'field:' in {at} to the field "
+            f"{where}: {asked} (the record has: {keys}); set 'field:' in {at.place()} to the field "
             "that holds the prompt"
         )
     value = record[key]
@@ -273,7 +291,7 @@ def first_user_message(messages: list[Any]) -> str | None:
 
 
 def _dataset(
-    kind: str, location: str, source: PromptSource, at: str
+    kind: str, location: str, source: PromptSource, at: Where
 ) -> Iterator[tuple[str, str | None]]:
     data = open_dataset(kind, location, source.split, at)
     columns = list(data.column_names)
@@ -281,12 +299,13 @@ def _dataset(
     if key is None and len(columns) == 1:
         key = columns[0]
     if key is None or key not in columns:
+        missing = f"column {key!r}" if key else "prompt or messages column"
         raise UserError(
-            f"{at}: {location} has no {f'column {key!r}' if key else 'prompt or messages column'} "
-            f"(columns: {', '.join(columns)}); set 'field:' to the column that holds the prompts"
+            f"{at()}: {location} has no {missing} (columns: {', '.join(columns)}); set "
+            "'field:' to the column that holds the prompts"
         )
     if source.gold is not None and source.gold not in columns:
-        raise UserError(f"{at}.gold: {location} has no column '{source.gold}'")
+        raise UserError(f"{at('gold')}: {location} has no column '{source.gold}'")
     wanted = [key] + ([source.gold] if source.gold else [])
     for n, row in enumerate(data.select_columns(wanted), start=1):
         record = {k: row[k] for k in wanted}
@@ -295,7 +314,7 @@ def _dataset(
         yield text, _gold_of(record, source, f"{location} row {n}")
 
 
-def open_dataset(kind: str, location: str, split: str | None, at: str) -> Any:
+def open_dataset(kind: str, location: str, split: str | None, at: Where) -> Any:
     """A `datasets.Dataset` from a Parquet file, a save_to_disk folder or the hub."""
     import datasets
 
@@ -322,13 +341,13 @@ def open_dataset(kind: str, location: str, split: str | None, at: str) -> Any:
             else "check the file"
         )
         raise UserError(
-            f"{at}: cannot read {location} ({type(e).__name__}: {reason}); {hint}"
+            f"{at()}: cannot read {location} ({type(e).__name__}: {reason}); {hint}"
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
         name = split or "train"
         if name not in loaded:
             raise UserError(
-                f"{at}.split: {location} has no split '{name}' (splits: {', '.join(loaded)}); "
+                f"{at('split')}: {location} has no split '{name}' (splits: {', '.join(loaded)}); "
                 "set 'split:'"
             )
         return loaded[name]

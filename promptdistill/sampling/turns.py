@@ -31,8 +31,11 @@ SIMULATOR_PROMPT = (
     "quotes, no 'User:' label, no explanation."
 )
 SIMULATOR_MAX_TOKENS = 96
-LABEL = re.compile(r"^\s*(?:\*\*)?(?:user|the user|next message|message)(?:\*\*)?\s*:\s*", re.I)
-OTHER_SIDE = re.compile(r"\n\s*(?:assistant|ai|\w+ \(assistant\))\s*:", re.I)
+LABEL = re.compile(
+    r"^\s*(?:\*\*)?(?:user|the user|next message|message)(?:\*\*)?\s*:(?:\*\*)?\s*", re.I
+)
+# where a simulator that went on to write the assistant's side too starts doing so
+OTHER_SIDE = re.compile(r"\n\s*(?:\*\*)?(?:assistant|ai)(?:\*\*)?\s*:|(?-i:\sAssistant:)", re.I)
 
 
 def simulator_messages(who: str, convo: list[dict[str, str]]) -> list[dict[str, str]]:

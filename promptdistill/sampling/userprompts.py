@@ -90,13 +90,21 @@ class WriteSummary:
 # --------------------------------------------------------------------------- requests
 
 
-def seeds(persona: LoadedPersona, topics: list[str], seed: int) -> list[Seed]:
+def seeds(
+    persona: LoadedPersona, topics: list[str], seed: int, out: Path | None = None
+) -> list[Seed]:
     """What the requests are about: `topics`, else every category (and source) of the
-    persona's prompt sets, with a few of its prompts as examples."""
+    persona's prompt sets, with a few of its prompts as examples; not the source that `out`
+    is (the teacher's own prompts would feed back into its requests)."""
     if topics:
         return [Seed(label=t, examples=[]) for t in topics]
+    target = out.resolve() if out is not None else None
+    sources = {
+        name: [s for s in loaded if s.path is None or s.path.resolve() != target]
+        for name, loaded in persona.sources.items()
+    }
     examples: dict[str, list[str]] = {}
-    for p in iter_training_prompts(persona.prompt_sets, seed, persona.sources):
+    for p in iter_training_prompts(persona.prompt_sets, seed, sources):
         found = examples.setdefault(p.category, [])
         if len(found) < EXAMPLES:
             found.append(p.text)
@@ -264,7 +272,7 @@ def write_prompts(  # long: the rounds of requests, then the selection, read top
     """Ask the teacher for prompts until `cfg.n` distinct ones are kept; write them to `out`."""
     started = time.monotonic()
     say = lambda msg: console.print(msg, highlight=False, soft_wrap=True)  # noqa: E731
-    topics = seeds(persona, cfg.topics, cfg.seed)
+    topics = seeds(persona, cfg.topics, cfg.seed, out)
     if not topics:
         raise UserError(f"persona '{persona.name}': no categories or --topics to write about")
     fingerprint = _fingerprint(cfg, persona)

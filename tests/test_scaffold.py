@@ -1,0 +1,90 @@
+"""`promptdistill init NAME` (issue #14): the files it writes load, validate and explain
+themselves; it never overwrites without --force. The real CLI, in a fresh folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import yaml
+
+from promptdistill.personas import expand_prompts, heldout_prompts, load_persona
+
+SYSTEM = "You are Quill, a grumpy but brilliant copy editor.\nYou answer in short sentences.\n"
+
+
+def cli(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "promptdistill", *args],
+        cwd=cwd,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_init_writes_commented_files_that_load(tmp_path: Path) -> None:
+    (tmp_path / "system.txt").write_text(SYSTEM)
+    r = cli(tmp_path, "init", "quill", "--system-prompt-file", "system.txt")
+    assert r.returncode == 0, r.stderr
+    persona_file, prompts_file = tmp_path / "personas/quill.yaml", tmp_path / "prompts/quill.yaml"
+    assert f"wrote {persona_file}" in r.stdout and "promptdistill run quill" in r.stdout
+    # every field comes with a comment, and the files are plain YAML for the user to edit
+    text = persona_file.read_text()
+    for key in ("name:", "description:", "system_prompt:", "prompt_sets:", "sampling:"):
+        line = next(i for i, ln in enumerate(text.splitlines()) if ln.startswith(key))
+        assert text.splitlines()[line - 1].lstrip().startswith("#"), key
+    assert prompts_file.read_text().count("#") >= 5
+    # they load, validate and expand (in the folder they were written to)
+    persona = load_persona("quill", tmp_path)
+    assert persona.persona.system_prompt == SYSTEM.strip()
+    assert len(expand_prompts(persona, 150)) == 150 and heldout_prompts(persona)
+    preview = cli(tmp_path, "prompts", "quill", "-n", "5")
+    assert preview.returncode == 0 and len(preview.stdout.splitlines()) == 5, preview.stderr
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    assert cli(tmp_path, "init", "quill").returncode == 0
+    before = (tmp_path / "personas/quill.yaml").read_text()
+    r = cli(tmp_path, "init", "quill", stdin=SYSTEM)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "exists; pass --force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "personas/quill.yaml").read_text() == before
+    r = cli(tmp_path, "init", "quill", "--force", stdin=SYSTEM)  # piped stdin is the prompt
+    assert r.returncode == 0, r.stderr
+    assert load_persona("quill", tmp_path).persona.system_prompt == SYSTEM.strip()
+
+
+def test_init_with_a_prompts_file_and_data_dir(tmp_path: Path) -> None:
+    logs = tmp_path / "logs.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Fix the comma in sentence {i}."}]}
+            for i in range(500)]  # fmt: skip
+    logs.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    data = tmp_path / "mydata"
+    args = ["init", "quill", "--system-prompt-file", "-", "--prompts-file", "logs.jsonl"]
+    args += ["--data-dir", str(data), "--description", "Quill: copy editor"]
+    r = cli(tmp_path, *args, stdin=SYSTEM)
+    assert r.returncode == 0, r.stderr
+    assert "500 prompts from 500 rows" in r.stdout
+    prompt_set = yaml.safe_load((data / "prompts/quill.yaml").read_text())
+    assert prompt_set["sources"] == [{"path": "../../logs.jsonl", "heldout": 40}]
+    persona = load_persona("quill", data)
+    assert persona.persona.description == "Quill: copy editor"
+    assert len(heldout_prompts(persona)) == 40
+    assert len(expand_prompts(persona, 460)) == 460
+    # --data-dir finds it from anywhere
+    r = cli(tmp_path / "mydata" / "prompts", "prompts", "quill", "-n", "2", "--data-dir", str(data))
+    assert r.returncode == 0 and "Fix the comma" in r.stdout, r.stderr
+
+
+def test_init_with_a_bad_prompts_file_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "logs.jsonl").write_text('{"prompt": "ok"}\n{not json}\n')
+    r = cli(tmp_path, "init", "quill", "--prompts-file", "logs.jsonl")
+    assert r.returncode != 0 and "logs.jsonl:2: not valid JSON" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "personas").exists()
+    r = cli(tmp_path, "init", "no good", stdin="")
+    assert r.returncode != 0 and "NAME 'no good'" in r.stderr
