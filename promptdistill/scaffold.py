@@ -174,7 +174,6 @@ def init_persona(
         (source,) = load_sources([PromptSource(path=str(prompts_file.resolve()))], prompts_yaml)
         heldout = _heldout_for(len(source.train))
         prompt_set = SOURCES_SET.format(name=name, path=_scalar(rel), heldout=heldout)
-        summary = source.summary().replace(str(prompts_file.resolve()), str(prompts_file))
     else:
         prompt_set = TEMPLATE_SET.format(name=name)
     persona = PERSONA_FILE.format(
@@ -187,6 +186,8 @@ def init_persona(
         atomic_write_text(path, content)
     loaded = load_persona(str(persona_file))
     count_distinct(loaded), heldout_prompts(loaded)  # expands: every template checks out
+    if prompts_file is not None:  # as it will be read: with its held-out share
+        summary = loaded.sources[name][0].summary()
     return Initialized(
         persona_file=persona_file, prompts_file=prompts_yaml, loaded=loaded, source_summary=summary
     )

@@ -176,3 +176,18 @@ def test_onpolicy_on_multi_turn_samples_needs_a_kd_share(tmp_path: Path) -> None
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "--onpolicy-fraction below 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_sampled_before_turns_existed_still_resumes(tmp_path: Path) -> None:
+    import yaml
+
+    persona = write_persona(tmp_path, heldout=0)
+    run = tmp_path / "run"
+    with start_fake_server() as server:
+        assert run_cli(cli_args(persona, run, 3, server.base_url)).returncode == 0
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        del config["sample"]["turns"]  # as written before issue #14
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        r = run_cli(cli_args(persona, run, 4, server.base_url))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert server.requests == 4

@@ -68,7 +68,7 @@ def test_init_with_a_prompts_file_and_data_dir(tmp_path: Path) -> None:
     args += ["--data-dir", str(data), "--description", "Quill: copy editor"]
     r = cli(tmp_path, *args, stdin=SYSTEM)
     assert r.returncode == 0, r.stderr
-    assert "500 prompts from 500 rows" in r.stdout
+    assert "500 prompts from 500 rows (40 held out" in r.stdout
     prompt_set = yaml.safe_load((data / "prompts/quill.yaml").read_text())
     assert prompt_set["sources"] == [{"path": "../../logs.jsonl", "heldout": 40}]
     persona = load_persona("quill", data)

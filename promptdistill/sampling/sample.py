@@ -58,10 +58,14 @@ _MUST_MATCH = ("persona", "seed", "teacher.model", "sampling.temperature", "samp
                "sampling.max_tokens", "sampling.seed", "logprobs", "turns")  # fmt: skip
 
 
+# what a config.yaml written before a setting existed means by leaving it out
+_BEFORE = {"turns": 1}
+
+
 def _get(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
-    return d
+    return _BEFORE.get(dotted) if d is None else d
 
 
 def recorded_config(config: SampleConfig) -> dict[str, Any]:

@@ -260,7 +260,7 @@ def select(
     return [candidates[i] for i in kept], counts
 
 
-def write_prompts(  # long: the rounds of requests, then the selection, read top to bottom
+def write_prompts(
     cfg: PromptWriteConfig,
     persona: LoadedPersona,
     out: Path,
