@@ -11,6 +11,7 @@ own editable install stays out of sight).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,9 +35,24 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
 def test_a_wheel_install_has_the_shipped_personas(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROMPTDISTILL_DATA")}
     env["COLUMNS"] = "200"  # the personas table, unwrapped
+    # built from a copy: setuptools writes build/ and *.egg-info/ into the tree it builds
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "promptdistill", source / "promptdistill",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)]
+    build = [
+        *pip,
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheels),
+        str(source),
+    ]
     run(build, tmp_path, env)
     (wheel,) = wheels.glob("promptdistill-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
