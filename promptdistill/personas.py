@@ -197,6 +197,18 @@ def list_personas(root: Path | Sequence[Path] | None = None) -> list[PersonaEntr
     return out
 
 
+def recorded_data_dir(persona: str, loaded: LoadedPersona, data_dir: Path | None) -> str | None:
+    """What a run records as `sample.data_dir`: `--data-dir`, else the folder a user's persona
+    was found in by name (the current directory, $PROMPTDISTILL_DATA), so that train, eval and
+    compare find it again from any folder. None for a shipped persona or a persona file."""
+    if data_dir is not None:
+        return str(Path(data_dir).expanduser().resolve())
+    path = loaded.path.resolve()
+    if persona != path.stem or path.is_relative_to(shipped_root().resolve()):
+        return None
+    return str(path.parent.parent)
+
+
 def load_run_persona(persona: str, data_dir: str | None) -> LoadedPersona:
     """The persona a run was sampled with (`sample.persona` and `sample.data_dir` of its
     config.yaml), found again the way `sample` found it."""

@@ -19,7 +19,7 @@ from promptdistill.core.config import NAME, PromptSource
 from promptdistill.core.errors import UserError
 from promptdistill.core.io import atomic_write_text
 from promptdistill.personas import LoadedPersona, count_distinct, heldout_prompts, load_persona
-from promptdistill.sources import load_sources
+from promptdistill.sources import SUFFIXES, FieldError, LoadedSource, load_sources
 
 PLACEHOLDER_PROMPT = (
     "You are {name}. Replace this text with the persona's system prompt: who it is, how it "
@@ -57,7 +57,7 @@ description: user prompts for {name}
 # column (default: prompt, else messages, else the only column), gold (a field with gold
 # answers), category (default: the file name), heldout (a fraction or a count).
 sources:
-  - path: {path}
+  - path: {path}{key_line}
     # held out for eval by a stable hash of each prompt's text, never trained on
     heldout: {heldout}
 # templates can be mixed in too: categories of templates with {{slot}} placeholders, e.g.
@@ -153,6 +153,7 @@ def init_persona(
     prompts_file: Path | None,
     description: str | None = None,
     force: bool = False,
+    field: str | None = None,
 ) -> Initialized:
     """Write personas/NAME.yaml and prompts/NAME.yaml under `data_dir`; see the module doc."""
     if not NAME.match(name):
@@ -167,13 +168,20 @@ def init_persona(
     text = (system_prompt or "").strip() or PLACEHOLDER_PROMPT.format(name=name)
     summary = None
     if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise UserError(f"--prompts-file {prompts_file}: file not found")
+        if not prompts_file.exists():
+            raise UserError(f"--prompts-file {prompts_file}: not found")
         rel = os.path.relpath(prompts_file.resolve(), prompts_yaml.parent.resolve())
-        # read it now: a file that cannot be used is refused before anything is written
-        (source,) = load_sources([PromptSource(path=str(prompts_file.resolve()))], prompts_yaml)
-        heldout = _heldout_for(len(source.train))
-        prompt_set = SOURCES_SET.format(name=name, path=_scalar(rel), heldout=heldout)
+        source = _read_prompts_file(prompts_file, prompts_yaml, field)
+        key_line = ""
+        if field is not None:  # CSV and TSV have columns; JSONL, Parquet and datasets fields
+            csv_like = SUFFIXES.get(prompts_file.suffix.lower()) in ("csv", "tsv")
+            key_line = f"\n    {'column' if csv_like else 'field'}: {_scalar(field)}"
+        prompt_set = SOURCES_SET.format(
+            name=name,
+            path=_scalar(rel),
+            key_line=key_line,
+            heldout=_heldout_for(len(source.train)),
+        )
     else:
         prompt_set = TEMPLATE_SET.format(name=name)
     persona = PERSONA_FILE.format(
@@ -191,6 +199,19 @@ def init_persona(
     return Initialized(
         persona_file=persona_file, prompts_file=prompts_yaml, loaded=loaded, source_summary=summary
     )
+
+
+def _read_prompts_file(prompts_file: Path, prompts_yaml: Path, field: str | None) -> LoadedSource:
+    """Read it now: a file that cannot be used is refused before anything is written."""
+    source = PromptSource(path=str(prompts_file.resolve()), field=field)
+    try:
+        (loaded,) = load_sources([source], prompts_yaml)
+    except FieldError as e:  # the prompt set the message would point at is not written yet
+        raise UserError(
+            f"--prompts-file {e.where}: {e.problem}; pass --field NAME, the field or column "
+            "that holds the prompts"
+        ) from None
+    return loaded
 
 
 def _scalar(value: str) -> str:

@@ -35,6 +35,16 @@ SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
 DEFAULT_FIELDS = ("prompt", "messages")
 
 
+class FieldError(UserError):
+    """No field or column holds the prompts: `where` (file:line, or the source's entry) and
+    `problem` say which, so `init --field` can say it its own way (its YAML is not written)."""
+
+    def __init__(self, message: str, where: str, problem: str) -> None:
+        super().__init__(message)
+        self.where = where
+        self.problem = problem
+
+
 @dataclass(frozen=True, kw_only=True)
 class SourcePrompt:
     text: str
@@ -220,9 +230,12 @@ def _delimited(
     )
     if column is None or column not in header:
         wanted = f"column '{column}' is not in the header" if column else "which column?"
-        raise UserError(
-            f"{path}:1: {wanted} (columns: {', '.join(header)}); set 'column:' in "
-            f"{at.place()} to the column that holds the prompts"
+        problem = f"{wanted} (columns: {', '.join(header)})"
+        raise FieldError(
+            f"{path}:1: {problem}; set 'column:' in {at.place()} to the column that holds the "
+            "prompts",
+            where=f"{path}:1",
+            problem=problem,
         )
     if source.gold and source.gold not in header:
         raise UserError(
@@ -242,9 +255,11 @@ def _prompt_of(record: dict[str, Any], source: PromptSource, where: str, at: Whe
     if key is None or key not in record:
         keys = ", ".join(list(record)[:8]) or "none"
         asked = f"field '{key}'" if key else "no 'prompt' or 'messages' field"
-        raise UserError(
-            f"{where}: {asked} (the record has: {keys}); set 'field:' in {at.place()} to the field "
-            "that holds the prompt"
+        problem = f"{asked} (the record has: {keys})"
+        raise FieldError(
+            f"{where}: {problem}; set 'field:' in {at.place()} to the field that holds the prompt",
+            where=where,
+            problem=problem,
         )
     value = record[key]
     if isinstance(value, str):
@@ -300,9 +315,11 @@ def _dataset(
         key = columns[0]
     if key is None or key not in columns:
         missing = f"column {key!r}" if key else "prompt or messages column"
-        raise UserError(
-            f"{at()}: {location} has no {missing} (columns: {', '.join(columns)}); set "
-            "'field:' to the column that holds the prompts"
+        problem = f"no {missing} (columns: {', '.join(columns)})"
+        raise FieldError(
+            f"{at()}: {location} has {problem}; set 'field:' to the column that holds the prompts",
+            where=location,
+            problem=problem,
         )
     if source.gold is not None and source.gold not in columns:
         raise UserError(f"{at('gold')}: {location} has no column '{source.gold}'")
@@ -317,11 +334,14 @@ def _dataset(
 def open_dataset(kind: str, location: str, split: str | None, at: Where) -> Any:
     """A `datasets.Dataset` from a Parquet file, a save_to_disk folder or the hub."""
     import datasets
+    import huggingface_hub
 
     from promptdistill.models.resolve import promptdistill_home
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    # the hub client logs each retry of an unreachable hub; the one-line error below says it
+    huggingface_hub.utils.logging.set_verbosity_error()
     cache = str(promptdistill_home() / "datasets")
     try:
         if kind == "parquet":

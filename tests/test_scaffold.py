@@ -3,9 +3,12 @@ themselves; it never overwrites without --force. The real CLI, in a fresh folder
 
 from __future__ import annotations
 
+import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import yaml
@@ -88,3 +91,87 @@ def test_init_with_a_bad_prompts_file_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "personas").exists()
     r = cli(tmp_path, "init", "no good", stdin="")
     assert r.returncode != 0 and "NAME 'no good'" in r.stderr
+
+
+def test_init_names_the_field_of_a_csv_or_a_dataset_folder(tmp_path: Path) -> None:
+    """A CSV with two columns, or a save_to_disk folder whose column is not `prompt`: init says
+    which columns there are and takes --field; the prompt set it writes names it."""
+    import datasets
+
+    questions = [f"Is sentence {i} too long?" for i in range(50)]
+    with (tmp_path / "tickets.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "question"])
+        w.writerows([["u7", q] for q in questions])
+    r = cli(tmp_path, "init", "quill", "--prompts-file", "tickets.csv", stdin=SYSTEM)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "tickets.csv:1: which column? (columns: user, question)" in r.stderr
+    assert "--field" in r.stderr and not (tmp_path / "personas").exists()
+    r = cli(tmp_path, "init", "quill", "--prompts-file", "tickets.csv", "--field", "question",
+            stdin=SYSTEM)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    written = yaml.safe_load((tmp_path / "prompts/quill.yaml").read_text())
+    assert written["sources"] == [{"path": "../tickets.csv", "column": "question", "heldout": 0.1}]
+    persona = load_persona("quill", tmp_path)
+    held = {p.text for p in heldout_prompts(persona)}
+    assert held | {p.text for p in expand_prompts(persona, 50 - len(held))} == set(questions)
+
+    datasets.Dataset.from_dict({"text": questions, "n": list(range(50))}).save_to_disk(
+        str(tmp_path / "exported")
+    )
+    r = cli(tmp_path, "init", "disk", "--prompts-file", "exported", "--field", "text",
+            stdin=SYSTEM)  # fmt: skip
+    assert r.returncode == 0 and "50 prompts from 50 rows" in r.stdout, r.stderr
+    preview = cli(tmp_path, "prompts", "disk", "-n", "3")
+    assert preview.returncode == 0 and set(preview.stdout.splitlines()) <= set(questions)
+
+
+def test_from_a_text_file_and_a_log_to_an_exported_dataset(tmp_path: Path) -> None:
+    """The on-ramp without templates: a system prompt in a text file and a JSONL log ->
+    init -> sample (a real HTTP teacher) -> export --dataset. The run remembers where the
+    persona is, so its later stages find it from any folder."""
+    from fake_openai import start_fake_server
+
+    from promptdistill.personas import load_run_persona
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "system.txt").write_text(SYSTEM)
+    log = [{"messages": [{"role": "system", "content": "old"},
+                         {"role": "user", "content": f"Tighten paragraph {i}, please."}]}
+           for i in range(30)]  # fmt: skip
+    (mine / "log.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in log))
+    r = cli(mine, "init", "quill", "--system-prompt-file", "system.txt", "--prompts-file",
+            "log.jsonl")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    systems: list[str] = []
+
+    def teacher(messages: list[dict[str, Any]]) -> str:
+        systems.append(messages[0]["content"] if messages[0]["role"] == "system" else "")
+        return f"Tightened: {messages[-1]['content']}"
+
+    with start_fake_server(responder=teacher) as server:
+        r = cli(mine, "sample", "quill", "--run", "runs/q", "-n", "20", "--base-url",
+                server.base_url, "--model", "fake-teacher")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    # the teacher was asked with the system prompt from the text file, not the log's own
+    assert len(systems) >= 20 and set(systems) == {SYSTEM.strip()}
+    run = mine / "runs/q"
+    sample_cfg = yaml.safe_load((run / "config.yaml").read_text())["sample"]
+    assert sample_cfg["data_dir"] == str(mine.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = cli(elsewhere, "export", str(run), "--dataset", "data")
+    assert r.returncode == 0, r.stderr
+    lines = [orjson.loads(ln) for f in ("train", "validation", "test")
+             for ln in (elsewhere / "data" / f"{f}.jsonl").read_bytes().splitlines()]  # fmt: skip
+    assert len(lines) == 20 + len(heldout_prompts(load_persona("quill", mine)))
+    assert all(m["role"] != "system" for ln in lines for m in ln["messages"])
+    assert {ln["messages"][0]["content"] for ln in lines} <= {m["messages"][1]["content"]
+                                                               for m in log}  # fmt: skip
+    os.chdir(elsewhere)  # what eval and compare do: find the persona again
+    try:
+        again = load_run_persona(sample_cfg["persona"], sample_cfg["data_dir"])
+    finally:
+        os.chdir(tmp_path)
+    assert again.persona.system_prompt == SYSTEM.strip()

@@ -113,6 +113,13 @@ def init(
             "line, .parquet, or a save_to_disk folder): the prompt set's source."
         ),
     ] = None,
+    field: Annotated[
+        str | None,
+        typer.Option(
+            help="The field (JSONL, Parquet, dataset) or column (CSV, TSV) of --prompts-file "
+            "that holds the prompts (default: prompt, else messages, else the only column)."
+        ),
+    ] = None,
     description: Annotated[str | None, typer.Option(help="One-line description.")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where to write personas/ and prompts/ (default: here).")
@@ -127,7 +134,13 @@ def init(
         piped = sys.stdin.read()
     text = read_system_prompt(system_prompt_file, piped)
     done = init_persona(
-        name, data_dir or Path.cwd(), text, prompts_file, description=description, force=force
+        name,
+        data_dir or Path.cwd(),
+        text,
+        prompts_file,
+        description=description,
+        force=force,
+        field=field,
     )
     say = stdout().print
     prompt = done.loaded.persona.system_prompt

@@ -81,7 +81,7 @@ def run_command(
     """
     from promptdistill.core.rundir import RunDir
     from promptdistill.evaluation.report import print_summary
-    from promptdistill.personas import data_roots, load_persona
+    from promptdistill.personas import data_roots, load_persona, recorded_data_dir
     from promptdistill.pipeline.config import resolve_config
     from promptdistill.pipeline.run import run_pipeline
 
@@ -89,7 +89,7 @@ def run_command(
     flags: dict[str, Any] = {
         "sample": {
             "n": n, "logprobs": logprobs, "turns": turns,
-            "data_dir": str(data_dir.resolve()) if data_dir else None,
+            "data_dir": recorded_data_dir(persona, loaded, data_dir),
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
                 "base_url": base_url, "model": model, "api_key_env": api_key_env,

@@ -81,7 +81,7 @@ def sample(
     from promptdistill.core.config import SampleConfig
     from promptdistill.core.merge import merge, validate
     from promptdistill.core.rundir import RunDir
-    from promptdistill.personas import data_roots, load_persona
+    from promptdistill.personas import data_roots, load_persona, recorded_data_dir
     from promptdistill.sampling.sample import sample_run
     from promptdistill.sampling.summary import summary_table
 
@@ -97,7 +97,7 @@ def sample(
         "include_heldout": heldout,
         "logprobs": logprobs,
         "turns": turns,
-        "data_dir": str(data_dir.resolve()) if data_dir else None,
+        "data_dir": recorded_data_dir(persona, loaded, data_dir),
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {
