@@ -1,4 +1,8 @@
-"""Load personas and prompt sets, validate them, and expand templates into user prompts.
+"""Load personas and prompt sets, validate them, and expand them into user prompts.
+
+Files are looked for in `--data-dir`, $PROMPTDISTILL_DATA, the current directory, then the
+personas shipped inside the package (`data_roots`). A prompt set's prompts come from its
+templates and from its `sources:` (prompt files and datasets, sources.py).
 
 Expansion is deterministic for a given seed and *prefix-stable*: the first N prompts for
 `-n N` are the same as the first N for any larger `-n`, so a run can grow without re-asking
@@ -14,14 +18,16 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from promptdistill.core.config import Persona, PromptSet, SlotValue, Template
 from promptdistill.core.errors import UserError
 from promptdistill.core.yamlio import field_line, load_model
+from promptdistill.sources import LoadedSource, load_sources
 
 PLACEHOLDER = re.compile(
     r"\{\{|\}\}|\{(?P<slot>[a-z_][a-z0-9_]*)(?:\.(?P<field>[a-z_][a-z0-9_]*))?\}|(?P<bad>[{}])"
@@ -44,11 +50,14 @@ class UserPrompt:
 
 @dataclass(frozen=True)
 class LoadedPersona:
-    """A persona with its prompt sets resolved and checked."""
+    """A persona with its prompt sets (and their sources' prompts) resolved and checked."""
 
     persona: Persona
     path: Path
     prompt_sets: list[PromptSet]
+    # per prompt set name: its sources, read (sources.py)
+    sources: dict[str, list[LoadedSource]] = field(default_factory=dict)
+    prompt_set_paths: dict[str, Path] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -58,44 +67,82 @@ class LoadedPersona:
 # --------------------------------------------------------------------------- locating files
 
 
-def data_root() -> Path:
-    """Where personas/ and prompts/ live: $PROMPTDISTILL_DATA, the cwd, or the source tree."""
-    if env := os.environ.get("PROMPTDISTILL_DATA"):
-        return Path(env)
-    if (Path.cwd() / "personas").is_dir():
-        return Path.cwd()
-    return Path(__file__).resolve().parent.parent
+def shipped_root() -> Path:
+    """The personas/ and prompts/ shipped inside the package (package data, issue #14)."""
+    root = resources.files("promptdistill") / "data"
+    if not isinstance(root, Path):  # a zipped install: the YAML loaders need real files
+        raise UserError(
+            f"the shipped personas are inside an archive ({root}); install promptdistill "
+            "unzipped (pip install, pipx, uv tool install) or set PROMPTDISTILL_DATA"
+        )
+    return root
 
 
-def persona_names(root: Path | None = None) -> list[str]:
-    folder = (root or data_root()) / "personas"
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def data_roots(data_dir: str | Path | None = None) -> list[Path]:
+    """Where personas/ and prompts/ are looked for, first match first: `--data-dir`,
+    $PROMPTDISTILL_DATA (one or more folders, separated like PATH), the current directory,
+    then the shipped ones. A user's persona of the same name hides a shipped one."""
+    roots: list[Path] = [Path(data_dir).expanduser()] if data_dir else []
+    env = os.environ.get("PROMPTDISTILL_DATA", "")
+    roots += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    roots += [Path.cwd(), shipped_root()]
+    unique: dict[Path, Path] = {}
+    for r in roots:
+        unique.setdefault(r.resolve(), r)
+    return list(unique.values())
 
 
-def persona_path(name_or_path: str, root: Path | None = None) -> Path:
+def _roots(root: Path | Sequence[Path] | None) -> list[Path]:
+    """A single root (tests, tools) is searched alone; None is the default search path."""
+    if root is None:
+        return data_roots()
+    return [root] if isinstance(root, Path) else list(root)
+
+
+def persona_names(root: Path | Sequence[Path] | None = None) -> list[str]:
+    names: set[str] = set()
+    for r in _roots(root):
+        if (r / "personas").is_dir():
+            names |= {p.stem for p in (r / "personas").glob("*.yaml")}
+    return sorted(names)
+
+
+def persona_path(name_or_path: str, root: Path | Sequence[Path] | None = None) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
         if not candidate.is_file():
             raise UserError(f"persona file {candidate} not found")
         return candidate
-    root = root or data_root()
-    path = root / "personas" / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(persona_names(root)) or "none"
-        raise UserError(
-            f"unknown persona '{name_or_path}' (looked in {root / 'personas'}; known: {known}); "
-            "pass a persona name or a path to a .yaml file"
-        )
-    return path
+    roots = _roots(root)
+    for r in roots:
+        path = r / "personas" / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    known = ", ".join(persona_names(roots)) or "none"
+    looked = ", ".join(str(r / "personas") for r in roots)
+    raise UserError(
+        f"unknown persona '{name_or_path}' (looked in {looked}; known: {known}); pass a persona "
+        "name or a path to a .yaml file, or create one with `promptdistill init NAME`"
+    )
 
 
-def load_prompt_set(name: str, prompts_dir: Path, referenced_from: Path) -> PromptSet:
-    path = prompts_dir / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(
-            f"{field_line(referenced_from, ('prompt_sets',))}: field 'prompt_sets': "
-            f"prompt set '{name}' not found (expected {path})"
-        )
+def prompt_set_path(
+    name: str, persona_file: Path, root: Path | Sequence[Path] | None = None
+) -> Path:
+    """A prompt set's file: the prompts/ folder beside the persona's personas/ folder first,
+    then the search path (so a user's persona may use a shipped prompt set)."""
+    folders = [persona_file.resolve().parent.parent / "prompts"]
+    folders += [r / "prompts" for r in _roots(root)]
+    for folder in folders:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    raise UserError(
+        f"{field_line(persona_file, ('prompt_sets',))}: field 'prompt_sets': prompt set "
+        f"'{name}' not found (expected {folders[0] / f'{name}.yaml'}); create it or fix the name"
+    )
+
+
+def load_prompt_set(path: Path) -> PromptSet:
     prompt_set = load_model(path, PromptSet)
     if prompt_set.name != path.stem:
         raise UserError(
@@ -106,7 +153,7 @@ def load_prompt_set(name: str, prompts_dir: Path, referenced_from: Path) -> Prom
     return prompt_set
 
 
-def load_persona(name_or_path: str, root: Path | None = None) -> LoadedPersona:
+def load_persona(name_or_path: str, root: Path | Sequence[Path] | None = None) -> LoadedPersona:
     path = persona_path(name_or_path, root)
     persona = load_model(path, Persona)
     if persona.name != path.stem:
@@ -114,14 +161,16 @@ def load_persona(name_or_path: str, root: Path | None = None) -> LoadedPersona:
             f"{field_line(path, ('name',))}: field 'name': '{persona.name}' must match "
             f"the file name '{path.stem}'"
         )
-    # prompt sets live in a prompts/ folder beside the personas/ folder holding this file;
-    # a set listed twice is used once (else its held-out prompts are asked twice, issue #16)
-    prompts_dir = path.resolve().parent.parent / "prompts"
+    # a prompt set listed twice is used once (else its held-out prompts are asked twice, #16)
     names = list(dict.fromkeys(persona.prompt_sets))
-    sets = [load_prompt_set(s, prompts_dir, path) for s in names]
     if len(names) < len(persona.prompt_sets):
         persona = persona.model_copy(update={"prompt_sets": names})
-    return LoadedPersona(persona=persona, path=path, prompt_sets=sets)
+    paths = {s: prompt_set_path(s, path, root) for s in names}
+    sets = [load_prompt_set(paths[s]) for s in names]
+    sources = {s.name: load_sources(s.sources, paths[s.name]) for s in sets if s.sources}
+    return LoadedPersona(
+        persona=persona, path=path, prompt_sets=sets, sources=sources, prompt_set_paths=paths
+    )
 
 
 @dataclass(frozen=True)
@@ -134,26 +183,44 @@ class PersonaEntry:
     error: str | None = None
 
 
-def list_personas(root: Path | None = None) -> list[PersonaEntry]:
-    """Every persona file, broken ones included (with their error): one bad file must not
-    hide the others (issue #16)."""
-    folder = (root or data_root()) / "personas"
+def list_personas(root: Path | Sequence[Path] | None = None) -> list[PersonaEntry]:
+    """Every persona on the search path, broken ones included (with their error): one bad
+    file must not hide the others (issue #16)."""
+    roots = _roots(root)
     out = []
-    for name in persona_names(root):
+    for name in persona_names(roots):
+        path = persona_path(name, roots)  # the one that wins: the first folder's
         try:
-            out.append(PersonaEntry(name=name, path=folder / f"{name}.yaml",
-                                    loaded=load_persona(name, root)))  # fmt: skip
+            out.append(PersonaEntry(name=name, path=path, loaded=load_persona(name, roots)))
         except UserError as e:
-            out.append(PersonaEntry(name=name, path=folder / f"{name}.yaml", loaded=None,
-                                    error=str(e)))  # fmt: skip
+            out.append(PersonaEntry(name=name, path=path, loaded=None, error=str(e)))
     return out
 
 
-def load_all_personas(root: Path | None = None) -> list[LoadedPersona]:
-    return [load_persona(n, root) for n in persona_names(root)]
+def recorded_data_dir(persona: str, loaded: LoadedPersona, data_dir: Path | None) -> str | None:
+    """What a run records as `sample.data_dir`: `--data-dir`, else the folder a user's persona
+    was found in by name (the current directory, $PROMPTDISTILL_DATA), so that train, eval and
+    compare find it again from any folder. None for a shipped persona or a persona file."""
+    if data_dir is not None:
+        return str(Path(data_dir).expanduser().resolve())
+    path = loaded.path.resolve()
+    if persona != path.stem or path.is_relative_to(shipped_root().resolve()):
+        return None
+    return str(path.parent.parent)
 
 
-def same_persona(a: str, b: str, root: Path | None = None) -> bool:
+def load_run_persona(persona: str, data_dir: str | None) -> LoadedPersona:
+    """The persona a run was sampled with (`sample.persona` and `sample.data_dir` of its
+    config.yaml), found again the way `sample` found it."""
+    return load_persona(persona, data_roots(data_dir))
+
+
+def load_all_personas(root: Path | Sequence[Path] | None = None) -> list[LoadedPersona]:
+    roots = _roots(root)
+    return [load_persona(n, roots) for n in persona_names(roots)]
+
+
+def same_persona(a: str, b: str, root: Path | Sequence[Path] | None = None) -> bool:
     """Do `a` and `b` (each a name or a path) name the same persona file? `tiny` and
     `personas/tiny.yaml` do. Names that resolve to nothing compare as text."""
     if a == b:
@@ -293,10 +360,24 @@ def prompt_id(prompt_set: str, text: str) -> str:
     return f"{prompt_set}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def iter_training_prompts(prompt_sets: list[PromptSet], seed: int) -> Iterator[UserPrompt]:
-    """Distinct prompts, round-robin over categories then templates, never a held-out one."""
+def _source_stream(source: LoadedSource, seed: int, key: str) -> Iterator[tuple[str, str | None]]:
+    """A source's training prompts in a seeded order (logs are often in time order)."""
+    rng = random.Random(f"{seed}:{key}")
+    for index in _permutation(len(source.train), rng):
+        yield source.train[index].text, source.train[index].gold
+
+
+def iter_training_prompts(
+    prompt_sets: list[PromptSet],
+    seed: int,
+    sources: Mapping[str, list[LoadedSource]] | None = None,
+) -> Iterator[UserPrompt]:
+    """Distinct prompts, round-robin over categories (then templates) and sources, never a
+    held-out one."""
+    sources = sources or {}
     seen = {h.prompt for s in prompt_sets for h in s.heldout}
-    # one stream per category; each category stream round-robins over its templates
+    seen |= {p.text for loaded in sources.values() for src in loaded for p in src.heldout}
+    # one stream per category and per source; each category stream round-robins its templates
     streams: list[Iterator[tuple[str, str, str, str | None]]] = []
     for s in prompt_sets:
         for cat, templates in _compile(s).items():
@@ -304,6 +385,10 @@ def iter_training_prompts(prompt_sets: list[PromptSet], seed: int) -> Iterator[U
                 _template_stream(t, seed, f"{s.name}:{cat}:{i}") for i, t in enumerate(templates)
             ]
             streams.append(_tagged(s.name, cat, _round_robin(per_template)))
+        for i, src in enumerate(sources.get(s.name, [])):
+            streams.append(
+                _tagged(s.name, src.label, _source_stream(src, seed, f"{s.name}:src:{i}"))
+            )
     for set_name, cat, text, gold in _round_robin(streams):
         if text in seen:
             continue
@@ -324,24 +409,32 @@ def _round_robin(streams: list[Iterator[T]]) -> Iterator[T]:
 
 def expand_prompts(persona: LoadedPersona, n: int, seed: int = 0) -> list[UserPrompt]:
     """The first `n` training prompts for this persona and seed."""
-    prompts = list(itertools.islice(iter_training_prompts(persona.prompt_sets, seed), n))
+    stream = iter_training_prompts(persona.prompt_sets, seed, persona.sources)
+    prompts = list(itertools.islice(stream, n))
     if len(prompts) < n:
         raise UserError(
             f"persona '{persona.name}': its prompt sets yield only {len(prompts)} distinct "
-            f"prompts but -n {n} was asked; lower -n or add templates or slot values"
+            f"prompts but -n {n} was asked; lower -n, or add templates, slot values or prompt "
+            "sources (`promptdistill prompts generate` writes one)"
         )
     return prompts
 
 
 def heldout_prompts(persona: LoadedPersona) -> list[UserPrompt]:
-    """The fixed held-out prompts, each once (a prompt listed twice has one id)."""
+    """The prompt sets' fixed held-out prompts, then their sources' held-out share; each once
+    (a prompt listed twice has one id)."""
     out: dict[str, UserPrompt] = {}
     for s in persona.prompt_sets:
         for h in s.heldout:
             pid = prompt_id(s.name, h.prompt)
             out.setdefault(pid, UserPrompt(pid, h.prompt, s.name, "heldout", "heldout", h.gold))
+    for s in persona.prompt_sets:
+        for src in persona.sources.get(s.name, []):
+            for p in src.heldout:
+                pid = prompt_id(s.name, p.text)
+                out.setdefault(pid, UserPrompt(pid, p.text, s.name, "heldout", "heldout", p.gold))
     return list(out.values())
 
 
 def count_distinct(persona: LoadedPersona) -> int:
-    return sum(1 for _ in iter_training_prompts(persona.prompt_sets, seed=0))
+    return sum(1 for _ in iter_training_prompts(persona.prompt_sets, 0, persona.sources))

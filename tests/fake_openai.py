@@ -86,6 +86,8 @@ class FakeOpenAI:
     faults: list[Fault] = field(default_factory=list)
     api_key: str | None = None  # if set, requests need `Authorization: Bearer <api_key>`
     models: Sequence[str] = ("fake-teacher",)  # other model names get a 404
+    # answer like `transformers serve` pinned to one model: any other name gets its 400
+    pinned: str | None = None
     max_in_flight: int | None = None  # above this: 429 with retry-after-ms (a concurrency limit)
     limit_retry_after_ms: float | None = 100.0
     answer_words: int = 0  # pad answers to at least this many words
@@ -188,7 +190,11 @@ class FakeOpenAI:
             arrival.outcome = "status 401"
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
         model = body.get("model")
-        if model not in self.models:
+        if self.pinned is not None and model not in (None, self.pinned):
+            arrival.outcome = "status 400"
+            detail = f"Server is pinned to '{self.pinned}'; requested '{model}'."
+            return web.json_response({"detail": detail}, status=400)
+        if self.pinned is None and model not in self.models:
             arrival.outcome = "status 404"
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -264,3 +265,49 @@ def test_a_long_retry_after_is_said_while_waiting(tmp_path: Any) -> None:
     assert "answered 429 with retry-after 3600 s" in waiting[-1], waiting[-1]
     assert "120 s at most" in waiting[-1]
     assert "interrupted; everything answered is saved. Resume with:" in out
+
+
+def test_a_server_pinned_to_a_name_is_sent_that_name_for_its_path() -> None:
+    """`transformers serve` pinned to `smollm2-135m` refuses the model directory's path; our
+    client then sends the pinned name (issue #14). Any other name stays refused."""
+
+    async def go(base_url: str) -> list[str]:
+        answers = []
+        async with Transport(base_url, None, 2, 5.0) as t:
+            for model in ("/cache/models/smollm2-135m", "/cache/models/smollm2-135m"):
+                body = chat_body(model, [{"role": "user", "content": "hi"}], 0.5, 0.9, 8, None)
+                answers.append((await t.chat(body)).content)
+            body = chat_body("/cache/models/smollm2-135m", [{"role": "user", "content": "s"}],
+                             0.5, 0.9, 8, None)  # fmt: skip
+            answers += [d.text async for d in t.stream(body)]
+        return answers
+
+    with start_fake_server(pinned="smollm2-135m") as server:
+        assert asyncio.run(go(server.base_url))[:2] == ["answer to: hi"] * 2
+        # one refusal taught the client the name; later requests (streamed too) carry it
+        assert [a.outcome for a in server.arrivals].count("status 400") == 1
+        assert _ask(server.base_url, model="smollm2-135m").content == "answer to: hello"
+        with pytest.raises(PromptError, match="pinned to 'smollm2-135m'"):
+            _ask(server.base_url, model="gpt-4o")
+        with pytest.raises(PromptError):
+            _ask(server.base_url, model="/cache/models/other-model")
+
+
+def test_local_teacher_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from promptdistill.clients.local_server import serve_command, serve_cwd, served_name
+
+    embedded = Path("/cache/models/smollm2-135m")
+    assert served_name("smollm2-135m", embedded) == "smollm2-135m"
+    assert served_name(str(embedded), embedded) == "smollm2-135m"
+    assert serve_cwd("smollm2-135m", embedded) == Path("/cache/models")
+    cmd = serve_command(embedded, "127.0.0.1", 8000, name="smollm2-135m")
+    assert cmd[cmd.index("serve") + 1] == "smollm2-135m"  # FORCE_MODEL, relative to serve_cwd
+    # a hub snapshot's folder is named by its commit: it is served under its hub id, through
+    # a symlink under $PROMPTDISTILL_HOME/serve
+    snapshot = tmp_path / "hub/models--org--tiny/snapshots/0123abcd"
+    snapshot.mkdir(parents=True)
+    assert served_name("org/tiny", snapshot) == "org/tiny"
+    monkeypatch.setenv("PROMPTDISTILL_HOME", str(tmp_path / "home"))
+    cwd = serve_cwd("org/tiny", snapshot)
+    assert (cwd / "org/tiny").resolve() == snapshot.resolve()
+    assert serve_cwd("org/tiny", snapshot) == cwd  # again: the link is reused

@@ -7,6 +7,7 @@ load, a startup deadline it cannot meet, a model name nobody knows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from promptdistill.clients.endpoint import ChatResult, Transport, chat_body
 from promptdistill.clients.local_server import free_port, running_local_teacher
 from promptdistill.core.errors import UserError
 from promptdistill.core.samples import SampleReader
@@ -65,6 +67,12 @@ def chat(
     with urllib.request.urlopen(request, timeout=300) as response:
         result = json.loads(response.read())
     return str(result["choices"][0]["message"]["content"])
+
+
+async def _chat_with_our_client(base_url: str, model: str, content: str) -> ChatResult:
+    async with Transport(base_url, None, concurrency=1, timeout_s=300) as transport:
+        body = chat_body(model, [{"role": "user", "content": content}], 1.0, 1.0, 8, None)
+        return await transport.chat(body)
 
 
 @pytest.fixture
@@ -131,11 +139,21 @@ def test_teacher_serve_prints_how_to_use_it_and_stops_on_ctrl_c(smollm2_dir: Pat
         model = re.search(r"^\s+model:\s+(\S+)$", out, re.MULTILINE)
         server_pid = re.search(r"transformers serve \(pid (\d+)\)", out)
         assert model and server_pid, out
-        assert model.group(1) == str(smollm2_dir)
+        # issue #14: it answers to the name used everywhere else, and /v1/models lists it
+        assert model.group(1) == "smollm2-135m"
         assert (
             f"promptdistill sample beethoven --run runs/beethoven -n 1000 --base-url "
-            f"http://127.0.0.1:{port}/v1 --model {smollm2_dir}"
+            f"http://127.0.0.1:{port}/v1 --model smollm2-135m"
         ) in out
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as r:
+            listed = [m["id"] for m in json.loads(r.read())["data"]]
+        assert listed == ["smollm2-135m"], listed
+        # its path, as earlier versions printed it, still works through our client, which
+        # sends the server's pinned name when the server refuses the path
+        by_path = asyncio.run(
+            _chat_with_our_client(f"http://127.0.0.1:{port}/v1", str(smollm2_dir), "Hello!")
+        )
+        assert by_path.content.strip()
 
         # The printed base URL and model name are what a client needs, and the teacher samples
         # (temperature 1): the same question gets different answers.

@@ -266,3 +266,59 @@ def test_a_shared_system_prompt_is_run_once_with_the_same_numbers(tiny: tuple[An
         assert s.nll_sum == pytest.approx(f.nll_sum, rel=1e-4)
         torch.testing.assert_close(s.hidden, f.hidden, rtol=1e-4, atol=1e-4)
     assert kl_sums(full, shared, head_weight(model)) == pytest.approx([0.0] * 3, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- multi-turn (#14)
+
+
+def make_multi_turn(run: Path) -> None:
+    """Turn the run's samples into 3-turn conversations, as `sample --turns 3` writes them."""
+    import random
+
+    from tiny import ANSWER_SENTENCES, USER_PROMPTS
+
+    rng = random.Random(1)
+    records = [orjson.loads(x) for x in (run / "samples.jsonl").read_bytes().splitlines()]
+    for r in records:
+        for _ in range(2):
+            r["messages"] += [
+                {"role": "user", "content": rng.choice(USER_PROMPTS)},
+                {"role": "assistant", "content": rng.choice(ANSWER_SENTENCES)},
+            ]
+        r["turns"], r["finish_reasons"] = 3, ["stop"] * 3
+    (run / "samples.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["sample"]["turns"] = 3
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.slow
+def test_multi_turn_eval_reports_fidelity_at_the_first_and_last_turn(
+    tmp_path: Path, server: Any, evaluated: tuple[Path, Any]
+) -> None:
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    run = make_run(tmp_path, model_dir)
+    make_multi_turn(run)
+    out = run_eval(run, *eval_args(server), "--no-judge", env={**os.environ, "OPENAI_API_KEY": KEY})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "later turns of" in out.stderr + out.stdout
+    report = orjson.loads((run / "report.json").read_bytes())
+    by_turn = report["persona_fidelity"]["by_turn"]
+    assert by_turn["conversations"] == report["heldout"]["prompts"]
+    assert by_turn["turns"]["max"] == 3
+    s = report["summary"]
+    for side in ("first", "last"):
+        for m in ("teacher", "student", "base"):
+            value = by_turn[f"{side}_turn"][m]
+            assert 0.0 <= value <= 1.0 and s[f"persona_classifier_{m}_{side}_turn"] == value
+    # every turn of every held-out conversation, answered by each model in its own context
+    rows = [orjson.loads(x) for x in (run / "report-answers.jsonl").read_bytes().splitlines()]
+    assert all(len(r["turns"]) == 3 for r in rows)
+    assert all(set(t) == {"user", "teacher", "student", "base"} for r in rows for t in r["turns"])
+    assert rows[0]["turns"][0]["student"] == rows[0]["student_sampled"]
+    md = (run / "report.md").read_text()
+    assert "classifier, turn 1 of" in md and "classifier, last turn (up to 3)" in md
+    # a one-turn run's report has none of it
+    single = orjson.loads((evaluated[0] / "report.json").read_bytes())
+    assert "by_turn" not in single["persona_fidelity"]
+    assert not any(k.endswith("_turn") for k in single["summary"])

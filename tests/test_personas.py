@@ -21,18 +21,19 @@ from promptdistill.personas import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "promptdistill" / "data"  # the shipped personas and prompt sets (package data)
 
 
 def test_every_shipped_file_parses() -> None:
-    personas = load_all_personas(REPO)
+    personas = load_all_personas(DATA)
     assert len(personas) >= 3
     used_sets = {s.name for p in personas for s in p.prompt_sets}
-    shipped_sets = {p.stem for p in (REPO / "prompts").glob("*.yaml")}
+    shipped_sets = {p.stem for p in (DATA / "prompts").glob("*.yaml")}
     assert shipped_sets == used_sets, "every prompt set is used by a persona"
 
 
 def test_beethoven_meets_the_spec() -> None:
-    p = load_persona("beethoven", REPO)
+    p = load_persona("beethoven", DATA)
     words = len(p.persona.system_prompt.split())
     assert 500 <= words <= 700, words
     (beethoven,) = p.prompt_sets
@@ -45,21 +46,21 @@ def test_beethoven_meets_the_spec() -> None:
 
 
 def test_other_personas_have_distinct_prompt_sets_and_heldout() -> None:
-    for name in persona_names(REPO):
-        p = load_persona(name, REPO)
+    for name in persona_names(DATA):
+        p = load_persona(name, DATA)
         assert count_distinct(p) >= 1000, name
         assert heldout_prompts(p), name
 
 
 def test_mathtutor_prompts_carry_gold_answers() -> None:
-    p = load_persona("mathtutor", REPO)
+    p = load_persona("mathtutor", DATA)
     prompts = expand_prompts(p, 200, seed=0)
     assert all(u.gold for u in prompts)
     assert all(h.gold for h in heldout_prompts(p))
 
 
 def test_expansion_is_deterministic_distinct_and_prefix_stable() -> None:
-    p = load_persona("beethoven", REPO)
+    p = load_persona("beethoven", DATA)
     a = expand_prompts(p, 5000, seed=7)
     b = expand_prompts(p, 5000, seed=7)
     assert [x.text for x in a] == [x.text for x in b]
@@ -72,7 +73,7 @@ def test_expansion_is_deterministic_distinct_and_prefix_stable() -> None:
 
 
 def test_expansion_balances_categories_and_never_emits_heldout() -> None:
-    p = load_persona("beethoven", REPO)
+    p = load_persona("beethoven", DATA)
     first = expand_prompts(p, 100, seed=0)
     cats = {x.category for x in first}
     assert len(cats) >= 5
@@ -81,7 +82,7 @@ def test_expansion_balances_categories_and_never_emits_heldout() -> None:
 
 
 def test_asking_for_more_than_exists_is_a_clear_error() -> None:
-    p = load_persona("beethoven", REPO)
+    p = load_persona("beethoven", DATA)
     with pytest.raises(UserError, match="yield only .* lower -n"):
         expand_prompts(p, 10_000_000, seed=0)
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from promptdistill.cli import compare, data, evaluate, pipeline, sample, teacher, train
+from promptdistill.cli import compare, data, evaluate, generate, pipeline, sample, teacher, train
 from promptdistill.core.errors import UserError
 from promptdistill.core.io import as_os_error, os_error
 from promptdistill.core.redact import redact_auth
@@ -32,8 +32,17 @@ def build_app() -> typer.Typer:
         add_completion=False,
     )
     # in data-flow order, as `--help` lists them
+    app.command()(data.init)
     app.command()(data.personas)
-    app.command()(data.prompts)
+    prompts_app = typer.Typer(
+        cls=data.DefaultShow,
+        help="Preview a persona's user prompts (`prompts PERSONA`), or have the teacher write "
+        "some (`prompts generate PERSONA -n N`).",
+        no_args_is_help=True,
+    )
+    prompts_app.command("show")(data.prompts_show)
+    prompts_app.command("generate")(generate.prompts_generate)
+    app.add_typer(prompts_app, name="prompts")
     app.command()(sample.sample)
     app.command()(train.train)
     app.command()(train.export)

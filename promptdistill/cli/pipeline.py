@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from promptdistill.cli.common import stderr, stdout
+from promptdistill.cli.common import DataDir, Turns, stderr, stdout
 from promptdistill.core.errors import UserError
 
 
@@ -63,6 +63,8 @@ def run_command(
     ] = None,
     price_in: Annotated[float | None, typer.Option(help="USD per million input tokens.")] = None,
     price_out: Annotated[float | None, typer.Option(help="USD per million output tokens.")] = None,
+    turns: Turns = None,
+    data_dir: DataDir = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -79,44 +81,33 @@ def run_command(
     """
     from promptdistill.core.rundir import RunDir
     from promptdistill.evaluation.report import print_summary
-    from promptdistill.personas import load_persona
+    from promptdistill.personas import data_roots, load_persona, recorded_data_dir
     from promptdistill.pipeline.config import resolve_config
     from promptdistill.pipeline.run import run_pipeline
 
-    loaded = load_persona(persona)
+    loaded = load_persona(persona, data_roots(data_dir))
     flags: dict[str, Any] = {
         "sample": {
-            "n": n,
-            "logprobs": logprobs,
+            "n": n, "logprobs": logprobs, "turns": turns,
+            "data_dir": recorded_data_dir(persona, loaded, data_dir),
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
-                "base_url": base_url,
-                "model": model,
-                "api_key_env": api_key_env,
-                "api_key_file": api_key_file,
-                "concurrency": concurrency,
-                "rpm": rpm,
-                "tpm": tpm,
+                "base_url": base_url, "model": model, "api_key_env": api_key_env,
+                "api_key_file": api_key_file, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
             },
         },
         "student": {"model": student, "dtype": dtype},
         "datums": {"keep_loops": keep_loops},
         "train": {
-            "epochs": epochs,
-            "steps": steps,
-            "lr": lr,
-            "lora_r": lora_r,
-            "objective": objective,
+            "epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r, "objective": objective,
             "teacher_model": teacher_model,
-        },  # fmt: skip
+        },
         "eval": {
-            "max_heldout": max_heldout,
-            "price_in": price_in,
-            "price_out": price_out,
+            "max_heldout": max_heldout, "price_in": price_in, "price_out": price_out,
             "judge": {"enabled": judge},
         },
         "stream": True if stream else None,  # a config file's `stream: true` stands otherwise
-    }
+    }  # fmt: skip
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")
     cfg = resolve_config(

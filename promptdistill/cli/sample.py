@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from promptdistill.cli.common import stdout
+from promptdistill.cli.common import DataDir, Turns, stdout
 from promptdistill.core.errors import UserError
 
 
@@ -64,6 +64,8 @@ def sample(
             "`train --objective kd`; OpenAI allows up to 20).",
         ),
     ] = None,
+    turns: Turns = None,
+    data_dir: DataDir = None,
     log_every: Annotated[
         float,
         typer.Option(min=0.1, help="Seconds between progress lines when stdout is not a terminal."),
@@ -79,7 +81,7 @@ def sample(
     from promptdistill.core.config import SampleConfig
     from promptdistill.core.merge import merge, validate
     from promptdistill.core.rundir import RunDir
-    from promptdistill.personas import load_persona
+    from promptdistill.personas import data_roots, load_persona, recorded_data_dir
     from promptdistill.sampling.sample import sample_run
     from promptdistill.sampling.summary import summary_table
 
@@ -87,13 +89,15 @@ def sample(
         raise UserError("--model is required with --base-url (the teacher model's name)")
     if base_url is not None:
         normalize_base_url(base_url)  # before anything is created (issue #16)
-    loaded = load_persona(persona)
+    loaded = load_persona(persona, data_roots(data_dir))
     flags = {
         "persona": persona,
         "n": n,
         "seed": prompt_seed,
         "include_heldout": heldout,
         "logprobs": logprobs,
+        "turns": turns,
+        "data_dir": recorded_data_dir(persona, loaded, data_dir),
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {

@@ -55,6 +55,7 @@ def teacher_serve(
             say(f"local teacher ready at {teacher.base_url}")
             say(f"  base URL: {teacher.base_url}")
             say(f"  model:    {teacher.model}")
+            say(f"  (requests name `{teacher.model}`, or no model; /v1/models lists it)")
             say(f"  log:      {teacher.log_path}")
             say(f"use it with:\n  {example}")
             say("Ctrl-C stops it.")

@@ -127,13 +127,51 @@ def train(
 
 
 def export(
-    run: Annotated[str, typer.Argument(help="Run directory with a trained adapter.")],
-    merged: Annotated[str, typer.Option(help="Output directory for the merged standalone model.")],
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    merged: Annotated[
+        str | None, typer.Option(help="Output folder for the merged standalone model.")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Output folder for the distilled training set (system prompt stripped)."),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="--dataset as: openai (chat fine-tuning JSONL, default), hf (save_to_disk), "
+            "parquet.",
+        ),
+    ] = "openai",
 ) -> None:
-    """Merge the run's LoRA adapter into its base model and save a standalone model."""
+    """Save the run's student as a standalone model (--merged), or its training set for other
+    trainers (--dataset: OpenAI fine-tuning JSONL, a Hugging Face dataset, or Parquet)."""
+    from promptdistill.core.errors import UserError
     from promptdistill.core.rundir import RunDir
-    from promptdistill.export import export_merged
 
     console = stdout()
-    with RunDir(run).require().locked():  # train must not replace the adapter meanwhile
-        export_merged(RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True))
+    if (merged is None) == (dataset is None):
+        raise UserError("pass one of --merged OUT (a merged model) and --dataset OUT (the data)")
+    if merged is not None:
+        from promptdistill.export import export_merged
+
+        with RunDir(run).require().locked():  # train must not replace the adapter meanwhile
+            export_merged(RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True))
+        return
+    assert dataset is not None
+    from promptdistill.datums.dataset import export_dataset
+
+    done = export_dataset(RunDir(run), Path(dataset), fmt.lower())
+    for w in done.warnings:
+        console.print(f"note: {w}", soft_wrap=True)
+    sizes = ", ".join(f"{k} {v}" for k, v in done.rows.items())
+    left = {k: v for k, v in done.counts.items() if k != "records" and v}
+    console.print(
+        f"{done.format} dataset written to {done.out}: {sizes} conversations, system prompt "
+        f"stripped ({done.counts['records']} samples read"
+        + (f"; left out: {', '.join(f'{k} {v}' for k, v in left.items())}" if left else "")
+        + ")",
+        soft_wrap=True,
+    )
+    for f in done.files if done.format != "hf" else []:
+        console.print(f"  {f}", soft_wrap=True)

@@ -28,9 +28,11 @@ endpoint may echo them back in an error. See `normalize_base_url`.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import aiohttp
@@ -42,6 +44,10 @@ from promptdistill.core.redact import redact, redact_url
 __all__ = ["endpoint_url", "normalize_base_url"]  # re-exported: callers import them from here
 
 MAX_RETRY_AFTER_S = 120.0
+# `transformers serve` refuses a model name other than the one it is pinned to (the local
+# teacher's is `smollm2-135m`, clients/local_server.py); when the name asked for is a path to a
+# directory of that name, the client sends the pinned name instead (issue #14)
+PINNED = re.compile(r"Server is pinned to '(?P<pinned>[^']+)'; requested '(?P<asked>[^']+)'")
 
 
 # --------------------------------------------------------------------------- errors
@@ -211,6 +217,7 @@ class Transport:
             total=None, connect=min(connect_timeout_s, timeout_s), sock_read=timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        self._aliases: dict[str, str] = {}  # model name asked for -> the name the server wants
 
     async def __aenter__(self) -> Transport:
         self._client()
@@ -243,8 +250,34 @@ class Transport:
     def _error(self, text: str) -> str:
         return redact(text, [self._api_key])
 
+    def _renamed(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = self._aliases.get(str(body.get("model")))
+        return body if name is None else {**body, "model": name}
+
+    def _learn_alias(self, body: dict[str, Any], e: PromptError) -> dict[str, Any] | None:
+        """The body again with the server's pinned model name, if `e` says the server is
+        pinned to a directory of the same name as the path asked for; else None."""
+        m = PINNED.search(e.detail or str(e))
+        asked = body.get("model")
+        if m is None or m["asked"] != asked or m["pinned"] == asked:
+            return None
+        if PurePath(str(asked)).name != PurePath(m["pinned"]).name:
+            return None
+        self._aliases[str(asked)] = m["pinned"]
+        return {**body, "model": m["pinned"]}
+
     async def chat(self, body: dict[str, Any]) -> ChatResult:
         """One request, no retries. Raises RetryableError, PromptError or FatalError."""
+        body = self._renamed(body)
+        try:
+            return await self._chat(body)
+        except PromptError as e:
+            again = self._learn_alias(body, e)
+            if again is None:
+                raise
+        return await self._chat(again)
+
+    async def _chat(self, body: dict[str, Any]) -> ChatResult:
         start = time.perf_counter()
         try:
             async with self._client().post(self.url, data=orjson.dumps(body)) as resp:
@@ -264,6 +297,19 @@ class Transport:
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[StreamDelta]:
         """The same request with `stream: true`, one `StreamDelta` per server-sent event.
         Raises the same errors as `chat`; an `error` event mid-stream is a RetryableError."""
+        body = self._renamed(body)
+        try:
+            async for delta in self._stream(body):
+                yield delta
+            return
+        except PromptError as e:  # raised before the first event: the answer did not start
+            again = self._learn_alias(body, e)
+            if again is None:
+                raise
+        async for delta in self._stream(again):
+            yield delta
+
+    async def _stream(self, body: dict[str, Any]) -> AsyncIterator[StreamDelta]:
         data = orjson.dumps({**body, "stream": True})
         headers = {"Accept": "text/event-stream"}
         try:

@@ -10,8 +10,14 @@ until `/health` answers, hands out its base URL and model name, and stops it aga
 Facts about `transformers serve` (5.x) this relies on, read from its source:
 - with a positional FORCE_MODEL it loads that model *before* uvicorn binds the port, so `/health`
   answering means the model is ready;
-- a request must name exactly that FORCE_MODEL string in `model` (or none), else it gets 400;
-  so `.model` is the model directory's path;
+- a request must name exactly that FORCE_MODEL string in `model` (or none), else it gets 400
+  ("Server is pinned to ..."), and `/v1/models` lists that string alone. It cannot be given a
+  second name, but FORCE_MODEL may be a path relative to its working directory: we start it
+  in the model directory's parent (or in a folder of symlinks, for a hub snapshot) and pin
+  it to the name the user knows, `smollm2-135m` (issue #14). So `.model`, the name requests
+  must carry, is that name; other clients send it too (or no `model` at all). A request that
+  names the model directory's *path* is refused by the server; our client (clients/endpoint.py,
+  `Transport`) then sends the pinned name instead, so `--model PATH` keeps working with us;
 - `logprobs` and `n` are accepted but ignored;
 - with continuous batching, the sampling settings (temperature, top_p) of the *first* request
   apply to every later one; only max_tokens is per request. One `sample` run sends one setting,
@@ -44,7 +50,13 @@ from pathlib import Path
 
 from promptdistill.core.errors import UserError
 from promptdistill.models.load import dtype_name
-from promptdistill.models.resolve import DEFAULT_MODEL, promptdistill_home, resolve_model
+from promptdistill.models.resolve import (
+    DEFAULT_MODEL,
+    EMBEDDED,
+    HUB_ID,
+    promptdistill_home,
+    resolve_model,
+)
 
 STARTUP_TIMEOUT_S = 300.0  # model load on 2 busy cores; the conversion is not counted
 STOP_TIMEOUT_S = 10.0
@@ -68,7 +80,7 @@ class LocalTeacher:
     """A running `transformers serve`: where to send requests and what model name to use."""
 
     base_url: str  # ends in /v1
-    model: str  # the name the server expects in requests: the model directory's path
+    model: str  # the name the server expects in requests (served_name): e.g. smollm2-135m
     log_path: Path
     host: str
     port: int
@@ -91,6 +103,31 @@ class LocalTeacher:
             )
 
 
+def served_name(model: str, model_dir: Path) -> str:
+    """The name the server answers to: the user's name for an embedded model or a hub id
+    (`smollm2-135m`, `org/name`), else the model directory's own name."""
+    text = str(model).strip()
+    if text in EMBEDDED or (HUB_ID.match(text) and not Path(text).expanduser().exists()):
+        return text
+    return model_dir.name
+
+
+def serve_cwd(name: str, model_dir: Path) -> Path:
+    """A working directory in which `name`, as a relative path, is the model directory: its
+    parent when the names agree, else a folder of symlinks under $PROMPTDISTILL_HOME/serve."""
+    if model_dir.name == name:
+        return model_dir.parent
+    root = promptdistill_home() / "serve"
+    link = root / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not (link.is_symlink() and link.resolve() == model_dir.resolve()):
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(model_dir.resolve(), target_is_directory=True)
+        os.replace(tmp, link)  # atomic: another process may be starting the same model
+    return root
+
+
 def serve_command(
     model_dir: Path,
     host: str,
@@ -98,9 +135,12 @@ def serve_command(
     dtype: str = "auto",
     kv_cache_tokens: int = KV_CACHE_TOKENS,
     max_batch_tokens: int = MAX_BATCH_TOKENS,
+    name: str | None = None,
 ) -> list[str]:
     """The `transformers serve` command line, run by this interpreter (works in any venv).
 
+    `name`: FORCE_MODEL as a path relative to the server's working directory (`serve_cwd`),
+    the name requests must carry; None pins it to the directory's absolute path.
     kv_cache_tokens / max_batch_tokens 0 leave the sizing to transformers (60% of free RAM).
     """
     cmd = [
@@ -108,7 +148,7 @@ def serve_command(
         "-m",
         "transformers.cli.transformers",
         "serve",
-        str(model_dir),
+        name or str(model_dir),
         "--continuous-batching",
         "--device",
         "cpu",
@@ -155,9 +195,11 @@ def running_local_teacher(
             f"{model_dir} has no *.safetensors weights; the local teacher only serves "
             f"safetensors models (re-save with save_pretrained(safe_serialization=True))"
         )
-    if "@" in str(model_dir) or ":" in str(model_dir):
+    name = served_name(model, model_dir)
+    if "@" in f"{model_dir}{name}" or ":" in f"{model_dir}{name}":
         # transformers serve reads '@' as a revision and ':' as a GGUF file name in model ids.
         raise UserError(f"model directory {model_dir} contains '@' or ':'; move it elsewhere")
+    cwd = serve_cwd(name, model_dir)
     if port is not None:
         ensure_port_free(host, port)
     if log_path is None:
@@ -168,8 +210,10 @@ def running_local_teacher(
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         chosen = port if port is not None else free_port(host)
-        cmd = serve_command(model_dir, host, chosen, dtype, kv_cache_tokens, max_batch_tokens)
-        teacher = _start(cmd, model_dir, host, chosen, log_path)
+        cmd = serve_command(
+            model_dir, host, chosen, dtype, kv_cache_tokens, max_batch_tokens, name=name
+        )
+        teacher = _start(cmd, model_dir, host, chosen, log_path, name=name, cwd=cwd)
         try:
             _wait_healthy(teacher, startup_timeout_s, port_was_chosen=port is None)
         except _PortRaced:
@@ -229,7 +273,9 @@ def client_url(host: str, port: int) -> str:
 # --------------------------------------------------------------------------- process
 
 
-def _start(cmd: list[str], model_dir: Path, host: str, port: int, log_path: Path) -> LocalTeacher:
+def _start(
+    cmd: list[str], model_dir: Path, host: str, port: int, log_path: Path, name: str, cwd: Path
+) -> LocalTeacher:
     env = dict(os.environ)
     env.update(
         {
@@ -242,7 +288,7 @@ def _start(cmd: list[str], model_dir: Path, host: str, port: int, log_path: Path
         }
     )
     with open(log_path, "ab") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n".encode())
+        fh.write(f"$ cd {cwd} && {' '.join(cmd)}\n".encode())
         fh.flush()
         process = subprocess.Popen(
             cmd,
@@ -250,12 +296,13 @@ def _start(cmd: list[str], model_dir: Path, host: str, port: int, log_path: Path
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,  # FORCE_MODEL is `name`, relative to it
             start_new_session=True,  # its own process group: Ctrl-C reaches us, not it
             preexec_fn=_die_with_parent_fn(),
         )
     return LocalTeacher(
         base_url=client_url(host, port),
-        model=str(model_dir),
+        model=name,
         log_path=log_path,
         host=host,
         port=port,

@@ -351,10 +351,10 @@ def open_session(
     Everything that must be shut down (the local teacher, the event loop) goes on `stack`.
     """
     from promptdistill.clients.keys import key_source, read_api_key
-    from promptdistill.personas import load_persona
+    from promptdistill.personas import load_run_persona
 
     r = resolve(run, cfg)
-    persona = load_persona(r.sample.persona)
+    persona = load_run_persona(r.sample.persona, r.sample.data_dir)
     system_prompt = persona.persona.system_prompt
     teacher_cfg = r.sample.teacher
     api_key = read_api_key(teacher_cfg, say) if teacher_cfg.base_url is not None else None

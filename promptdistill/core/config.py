@@ -98,15 +98,55 @@ class HeldoutPrompt(StrictModel):
     gold: str | None = None
 
 
+class PromptSource(StrictModel):
+    """User prompts read from a file or a dataset, beside the templates (issue #14).
+
+    Exactly one of `path` (relative to the prompt set's own file) and `dataset` (a hub id).
+    """
+
+    path: str | None = Field(default=None, min_length=1)
+    dataset: str | None = Field(default=None, min_length=1)
+    # None: from the path (.jsonl, .csv, .tsv, .txt, .parquet, or a save_to_disk folder)
+    format: Literal["jsonl", "csv", "tsv", "text", "parquet", "disk", "hub"] | None = None
+    # the JSONL/Parquet/dataset field or CSV/TSV column holding the prompt; None: `prompt`,
+    # else `messages` (its first user message), else a file's only column
+    field: str | None = Field(default=None, min_length=1)
+    column: str | None = Field(default=None, min_length=1)
+    gold: str | None = Field(default=None, min_length=1)  # a field or column with gold answers
+    split: str | None = Field(default=None, min_length=1)  # of a dataset; default: train
+    category: str | None = Field(default=None, min_length=1)  # default: the file's name
+    # held out for eval, never trained on, chosen by a stable hash of each prompt's text:
+    # a fraction (0.1) or a count (40)
+    heldout: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> PromptSource:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of 'path' (a file) and 'dataset' (a hub id)")
+        if self.field is not None and self.column is not None:
+            raise ValueError("give 'field' or 'column', not both (they mean the same)")
+        return self
+
+    @property
+    def key(self) -> str | None:
+        """The field or column named by the user, if any."""
+        return self.field or self.column
+
+
 class PromptSet(StrictModel):
     name: str
     description: str = ""
     slots: SlotTable = Field(default_factory=dict)
-    categories: dict[str, Category] = Field(min_length=1)
+    categories: dict[str, Category] = Field(default_factory=dict)
+    sources: list[PromptSource] = Field(default_factory=list)
     heldout: list[HeldoutPrompt] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _slot_names(self) -> PromptSet:
+        if not self.categories and not self.sources:
+            raise ValueError(
+                "a prompt set needs 'categories' (templates) or 'sources' (prompt files)"
+            )
         names = list(self.slots) + [s for c in self.categories.values() for s in c.slots]
         for slot in names:
             if not SLOT_NAME.match(slot):
@@ -139,11 +179,34 @@ class SampleConfig(StrictModel):
     n: int = Field(ge=1)
     seed: int = 0
     include_heldout: bool = True
+    # where the persona was looked for first (`--data-dir`), so later stages find it again
+    data_dir: str | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     # issue #13: ask the endpoint for the top-K logprobs of every answer token (OpenAI allows
     # up to 20, vLLM up to its --max-logprobs), stored beside each sample for `train --objective kd`
     logprobs: int | None = Field(None, ge=1, le=100)
+    # issue #14: conversations of this many user turns; after each teacher answer, the teacher
+    # as a user simulator (sampling/turns.py) writes the next user message
+    turns: int = Field(1, ge=1, le=32)
+
+
+class PromptWriteConfig(StrictModel):
+    """What `promptdistill prompts generate` asks the teacher for (issue #14)."""
+
+    persona: str
+    n: int = Field(ge=1)
+    data_dir: str | None = None
+    topics: list[str] = Field(default_factory=list)  # empty: the prompt set's categories
+    per_request: int = Field(8, ge=1, le=50)  # user messages asked for in one request
+    # a new prompt whose MiniLM cosine similarity to a kept one reaches this is a near duplicate
+    threshold: float = Field(0.9, gt=0.0, le=1.0)
+    seed: int = 0
+    max_requests: int | None = Field(None, ge=1)  # default: enough for n, three times over
+    sampling: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(temperature=1.0, max_tokens=640)
+    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
 
 
 class StudentConfig(StrictModel):

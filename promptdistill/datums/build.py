@@ -17,7 +17,9 @@ Choices, each tested in tests/test_datums.py:
   that token is masked). The newline the template writes *after* `<|im_end|>` is weight 0:
   generation stops at the end-of-turn token, so the student never has to produce it.
 - A teacher answer cut off by max_tokens (`truncated`) is kept, but its end-of-turn token is
-  weight 0: the teacher did not choose to stop there, and the student must not learn to.
+  weight 0: the teacher did not choose to stop there, and the student must not learn to. In a
+  multi-turn conversation (`sample --turns K`, issue #14) that holds for each cut answer, as
+  its `finish_reasons` say; every assistant turn is trained on.
 - Prefix check: for each assistant turn, the rendered prompt (add_generation_prompt=True) must be
   a token prefix of the rendered conversation; otherwise the weights would point at the wrong
   tokens. One odd answer can fail it on a good template (a BPE merge across the turn boundary),
@@ -36,7 +38,7 @@ The arrays and their files: datums/store.py.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +90,13 @@ def conversation_to_datum(
     split: str = "train",
     teacher_truncated: bool = False,
     model_name: str = "the student",
+    truncated_turns: frozenset[int] = frozenset(),
 ) -> Datum:
     """Strip system messages, render with the student's template, weight every assistant turn.
 
-    Raises UserError if the template is not prefix-stable, ValueError for an unusable record.
+    `truncated_turns`: the (0-based) assistant turns that were cut at max_tokens; with
+    `teacher_truncated` the last one is. Raises UserError if the template is not prefix-stable,
+    ValueError for an unusable record.
     """
     convo = [
         {"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"
@@ -102,9 +107,11 @@ def conversation_to_datum(
     tokens: list[int] = []
     weights: list[float] = []
     last_assistant = max(i for i, m in enumerate(convo) if m["role"] == "assistant")
+    turn = -1
     for i, m in enumerate(convo):
         if m["role"] != "assistant":
             continue
+        turn += 1
         prompt = renderer.tokens(convo[:i], generation_prompt=True)
         full = renderer.tokens(convo[: i + 1], generation_prompt=False)
         if full[: len(prompt)] != prompt or prompt[: len(tokens)] != tokens:
@@ -123,7 +130,8 @@ def conversation_to_datum(
         ends = [j for j, t in enumerate(reply) if t in end_ids]
         stop = ends[-1] + 1 if ends else len(reply)
         reply_weights = [1.0] * stop + [0.0] * (len(reply) - stop)
-        if teacher_truncated and i == last_assistant and ends:
+        cut = turn in truncated_turns or (teacher_truncated and i == last_assistant)
+        if cut and ends:
             reply_weights[ends[-1]] = 0.0  # the teacher was cut off, it did not stop
         tokens += reply
         weights += reply_weights
@@ -189,38 +197,19 @@ def attach_logprobs(
 # --------------------------------------------------------------------------- the whole run
 
 
-def build_datums(
+def usable_records(
     records: Iterable[dict[str, Any]],
-    renderer: Renderer,
     cfg: DatumConfig,
-    model_name: str,
-    check_template: bool = True,
-) -> tuple[list[Datum], dict[str, Any]]:
-    """Turn sampler records into datums, with the stats the user sees. `check_template`:
-    refuse the template when most records fail the prefix check (`check_prefix_failures`);
-    a caller that builds a few records at a time (the stream) checks the running totals."""
-    datums: list[Datum] = []
-    prefix_ids: list[str] = []
+    counts: dict[str, int],
+    keep_heldout: bool = False,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(id, record) of the sampler records worth training on, counting the others: held out
+    (unless `keep_heldout`), repeated ids (the first is kept), empty answers, loops. The one
+    rule for `train` (build_datums) and `export --dataset` (datums/dataset.py)."""
     seen: set[str] = set()
-    removed_cache: dict[str, int] = {}
-    removed: list[int] = []
-    counts = {
-        "records": 0,
-        "heldout_skipped": 0,
-        "duplicates": 0,
-        "invalid": 0,
-        "truncated": 0,
-        "dropped": 0,
-        "teacher_truncated": 0,
-        "empty": 0,  # an assistant answer with no text: nothing to learn but silence
-        "loops": 0,  # an answer that loops (core/text.py), dropped unless keep_loops
-        "prefix_failed": 0,  # its rendering fails the prefix check: skipped
-        "checked": 0,  # records that reached the prefix check
-        "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
-    }
     for r in records:
         counts["records"] += 1
-        if r.get("split") == "heldout":
+        if r.get("split") == "heldout" and not keep_heldout:
             counts["heldout_skipped"] += 1
             continue
         rid = str(r.get("id", ""))
@@ -240,8 +229,45 @@ def build_datums(
         if not cfg.keep_loops and any(loops(str(a)) for a in answers):
             counts["loops"] += 1
             continue
+        yield rid, r
+
+
+def build_datums(
+    records: Iterable[dict[str, Any]],
+    renderer: Renderer,
+    cfg: DatumConfig,
+    model_name: str,
+    check_template: bool = True,
+) -> tuple[list[Datum], dict[str, Any]]:
+    """Turn sampler records into datums, with the stats the user sees. `check_template`:
+    refuse the template when most records fail the prefix check (`check_prefix_failures`);
+    a caller that builds a few records at a time (the stream) checks the running totals."""
+    datums: list[Datum] = []
+    prefix_ids: list[str] = []
+    removed_cache: dict[str, int] = {}
+    removed: list[int] = []
+    counts = {
+        "records": 0,
+        "heldout_skipped": 0,
+        "duplicates": 0,
+        "invalid": 0,
+        "truncated": 0,
+        "dropped": 0,
+        "teacher_truncated": 0,
+        "empty": 0,  # an assistant answer with no text: nothing to learn but silence
+        "loops": 0,  # an answer that loops (core/text.py), dropped unless keep_loops
+        "prefix_failed": 0,  # its rendering fails the prefix check: skipped
+        "checked": 0,  # records that reached the prefix check
+        "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
+    }
+    for rid, r in usable_records(records, cfg, counts):
+        messages = r.get("messages") or []
         teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
         counts["checked"] += 1
+        reasons = r.get("finish_reasons")
+        cut_turns = frozenset(
+            k for k, f in enumerate(reasons if isinstance(reasons, list) else []) if f == "length"
+        )
         try:
             d = conversation_to_datum(
                 messages,
@@ -250,6 +276,7 @@ def build_datums(
                 split=split_of(rid, cfg.val_fraction),
                 teacher_truncated=teacher_cut,
                 model_name=model_name,
+                truncated_turns=cut_turns,
             )
         except PrefixError:
             counts["prefix_failed"] += 1

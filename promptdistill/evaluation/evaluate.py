@@ -38,6 +38,7 @@ from promptdistill.evaluation.metrics import (
     rouge_l,
 )
 from promptdistill.evaluation.summary import (
+    MODELS,
     PRIMARY,
     Measured,
     answer_rows,
@@ -60,14 +61,14 @@ class Outcome:
 def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     from promptdistill.models.chat import Renderer
     from promptdistill.models.load import load_tokenizer
-    from promptdistill.personas import load_persona
+    from promptdistill.personas import load_run_persona
 
     t0 = time.perf_counter()
     inputs = load_inputs(path, cfg, say)
     notes = dict(inputs.notes)
     heldout = inputs.heldout
     max_new = cfg.max_new_tokens or inputs.sample.sampling.max_tokens
-    persona = load_persona(inputs.sample.persona).persona
+    persona = load_run_persona(inputs.sample.persona, inputs.sample.data_dir).persona
     say(
         f"{len(heldout)} held-out prompts ({sum(i.split == 'heldout' for i in heldout)} fixed, "
         f"{sum(i.split == 'validation' for i in heldout)} validation); up to {max_new} new tokens"
@@ -87,7 +88,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     task = task_metrics(heldout, local.answers, cfg.answer_pattern)
     if task is None:
         notes["task"] = "the prompt set has no gold answers for the held-out prompts"
-    classifier, cls_probs = persona_classifier(inputs, local, texts, cfg, notes, say)
+    classifier, cls_probs, by_turn = persona_classifier(inputs, local, texts, cfg, notes, say)
     endpoint = measure_endpoint(inputs, cfg, persona.description, texts, renderer.count, notes, say)
 
     efficiency = efficiency_section(inputs, cfg, local.saved_per_prompt, notes)
@@ -105,7 +106,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
         description=persona.description, nll=nll, effect=effect, agreement=agreement, task=task,
         classifier=classifier, judge=endpoint.judge, efficiency=efficiency,
         max_new_tokens=max_new, seconds=time.perf_counter() - t0,
-        kl=kl_summary(local, notes), loops=loop_rates(texts), notes=notes,
+        kl=kl_summary(local, notes), loops=loop_rates(texts), notes=notes, by_turn=by_turn,
     )  # fmt: skip
     rows = answer_rows(heldout, local, per_answer, endpoint.scores, cls_probs, cfg.answer_pattern)
     return Outcome(report=assemble(inputs, cfg, measured), answers=rows)
@@ -196,6 +197,22 @@ def text_agreement(
     return agreement, per_answer
 
 
+def turn_texts(inputs: RunInputs, local: LocalResults) -> dict[str, list[str]]:
+    """Each model's first and last answers in the multi-turn held-out conversations, keyed
+    `model@first` and `model@last` (empty for one-turn samples)."""
+    idx = [k for k, i in enumerate(inputs.heldout) if len(i.turns) > 1]
+    if not local.turn_answers or not idx:
+        return {}
+    out = {
+        "teacher@first": [inputs.heldout[k].turns[0][1] for k in idx],
+        "teacher@last": [inputs.heldout[k].turns[-1][1] for k in idx],
+    }
+    for m, per_item in local.turn_answers.items():
+        out[f"{m}@first"] = [per_item[k][0].text for k in idx]
+        out[f"{m}@last"] = [per_item[k][-1].text for k in idx]
+    return out
+
+
 def persona_classifier(
     inputs: RunInputs,
     local: LocalResults,
@@ -203,20 +220,40 @@ def persona_classifier(
     cfg: EvalConfig,
     notes: dict[str, str],
     say: Say,
-) -> tuple[dict[str, Any] | None, dict[str, list[float]]]:
+) -> tuple[dict[str, Any] | None, dict[str, list[float]], dict[str, Any] | None]:
     """Teacher-vs-base on train-split answers; the share of each model's held-out answers it
-    places with the teacher (classifier.py)."""
+    places with the teacher (classifier.py), and for multi-turn samples the same share at the
+    first and at the last turn of the held-out conversations (personas drift over turns)."""
     cls_train = inputs.train[: cfg.classifier_train]
     if not cls_train:
         notes["persona_classifier_student"] = "no train-split answers to train the classifier on"
-        return None, {}
+        return None, {}, None
     from promptdistill.evaluation.classifier import persona_shares
 
+    by_turn_texts = turn_texts(inputs, local)
     with Phase(say, "persona classifier"):
         result = persona_shares(
-            [i.teacher for i in cls_train], [a.text for a in local.base_train], texts
+            [i.teacher for i in cls_train],
+            [a.text for a in local.base_train],
+            {**texts, **by_turn_texts},
         )
-    return result.as_dict(), result.probabilities
+    by_turn = None
+    if by_turn_texts:
+        turns = [len(i.turns) for i in inputs.heldout if len(i.turns) > 1]
+        by_turn = {
+            "conversations": len(turns),
+            "turns": {"max": max(turns), "mean": sum(turns) / len(turns)},
+            **{
+                f"{side}_turn": {m: result.shares.get(f"{m}@{side}") for m in MODELS}
+                for side in ("first", "last")
+            },
+            "measure": "share of answers the persona classifier places with the teacher; "
+            "student and base answer every turn with their own earlier answers in context",
+        }
+    for key in by_turn_texts:
+        for table in (result.shares, result.counts, result.probabilities):
+            table.pop(key, None)
+    return result.as_dict(), result.probabilities, by_turn
 
 
 def adapter_size(adapter: Path) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class Item:
     gold: str | None
     usage: dict[str, Any]
     truncated: bool = False
+    # every (user, teacher answer) turn of a multi-turn sample (`sample --turns K`); the first
+    # is (prompt, teacher), which every single-turn number is about
+    turns: list[tuple[str, str]] = field(default_factory=list)
 
     @staticmethod
     def from_sample(rec: dict[str, Any], split: str) -> Item | None:
@@ -47,6 +50,15 @@ class Item:
         answer = next((m["content"] for m in messages if m.get("role") == "assistant"), None)
         if user is None or not answer:
             return None
+        turns: list[tuple[str, str]] = []
+        convo = [m for m in messages if m.get("role") in ("user", "assistant")]
+        for a, b in zip(convo, convo[1:], strict=False):
+            if a["role"] == "user" and b["role"] == "assistant" and b.get("content"):
+                turns.append((str(a["content"]), str(b["content"])))
+        truncated = bool(rec.get("truncated"))
+        reasons = rec.get("finish_reasons")
+        if len(turns) > 1 and isinstance(reasons, list) and reasons:
+            truncated = reasons[0] == "length"  # `truncated` is about the last answer
         return Item(
             id=str(rec["id"]),
             split=split,
@@ -56,7 +68,8 @@ class Item:
             teacher=answer,
             gold=rec.get("gold"),
             usage=rec.get("usage") or {},
-            truncated=bool(rec.get("truncated")),
+            truncated=truncated,
+            turns=turns,
         )
 
 

@@ -7,7 +7,9 @@ single-request latency is timed before anything else has warmed the caches or gr
    CPU): single-stream latency and peak memory;
 2. the base (a plain second copy): NLL without and, when it is the teacher, with the prompt;
 3. greedy and sampled answers of student and base, batched; base answers to train prompts for
-   the persona classifier.
+   the persona classifier;
+4. for multi-turn samples (`sample --turns K`), each model's sampled answer to every later
+   turn, with its own earlier answers in context (`later_turns`).
 Everything is rendered by the student's chat template (models/chat.py), as in training.
 """
 
@@ -34,6 +36,7 @@ from promptdistill.training.objectives import head_weight
 
 Say = Callable[[str], None]
 DECODINGS = ("greedy", "sampled")
+PRIMARY_DECODING = "sampled"  # summary.PRIMARY: the decoding of the headline numbers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +61,9 @@ class LocalResults:
     base_train: list[LocalAnswer]  # base answers to the classifier's train prompts
     saved_per_prompt: list[int]  # system-prompt tokens the student does not need
     efficiency: dict[str, Any] = field(default_factory=dict)
+    # multi-turn samples (issue #14): model -> per held-out item, its sampled answer to every
+    # turn, with its own earlier answers in context (turns.py); empty for one-turn samples
+    turn_answers: dict[str, list[list[LocalAnswer]]] = field(default_factory=dict)
 
 
 class Phase:
@@ -82,6 +88,37 @@ def user(prompt: str) -> list[Message]:
 
 def with_system(system: str, prompt: str) -> list[Message]:
     return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answering:
+    """How eval's local models answer: the teacher's sampling settings, batched, seeded."""
+
+    renderer: Renderer
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    batch_size: int
+
+    def __call__(
+        self, model: Any, conversations: list[list[Message]], sample: bool
+    ) -> list[LocalAnswer]:
+        r = self.renderer
+        out = generate(
+            model, [r.prompt(c) for c in conversations], max_new_tokens=self.max_new_tokens,
+            stop_ids=r.stop_ids, pad_id=r.pad_id,
+            temperature=self.temperature if sample else 0.0, top_p=self.top_p, seed=self.seed,
+            batch_size=self.batch_size,
+        )  # fmt: skip
+        return [
+            LocalAnswer(
+                text=r.decode(g.answer_tokens).strip(),
+                tokens=len(g.tokens),
+                finish_reason=g.finish_reason,
+            )
+            for g in out
+        ]
 
 
 def measure_local(
@@ -154,34 +191,29 @@ def measure_local(
             kl_base = kl_sums(nll_with, nll_base, head)
 
     # ---- 3. answers of student and base, greedy and sampled, and base answers for the classifier
-    def answer(model: Any, prompts: list[str], sample: bool) -> list[LocalAnswer]:
-        out = generate(
-            model, [renderer.prompt(user(p)) for p in prompts], max_new_tokens=max_new,
-            stop_ids=renderer.stop_ids, pad_id=renderer.pad_id,
-            temperature=sampling.temperature if sample else 0.0, top_p=sampling.top_p,
-            seed=cfg.seed, batch_size=cfg.batch_size,
-        )  # fmt: skip
-        return [
-            LocalAnswer(
-                text=renderer.decode(g.answer_tokens).strip(),
-                tokens=len(g.tokens),
-                finish_reason=g.finish_reason,
-            )
-            for g in out
-        ]
-
+    answer = Answering(
+        renderer=renderer, max_new_tokens=max_new, temperature=sampling.temperature,
+        top_p=sampling.top_p, seed=cfg.seed, batch_size=cfg.batch_size,
+    )  # fmt: skip
     answers: dict[tuple[str, str], list[LocalAnswer]] = {}
     for model_name, model in (("student", student), ("base", base)):
         for decoding in DECODINGS:
             with Phase(say, f"{model_name} answers, {decoding} ({len(heldout)})"):
                 answers[(model_name, decoding)] = answer(
-                    model, [i.prompt for i in heldout], decoding == "sampled"
+                    model, [user(i.prompt) for i in heldout], decoding == "sampled"
                 )
     cls_train = inputs.train[: cfg.classifier_train]
     base_train: list[LocalAnswer] = []
     if cls_train:
         with Phase(say, f"base answers to {len(cls_train)} train prompts (classifier)"):
-            base_train = answer(base, [i.prompt for i in cls_train], True)
+            base_train = answer(base, [user(i.prompt) for i in cls_train], True)
+    # ---- 4. multi-turn samples: every later turn, each model in its own conversation
+    turn_answers: dict[str, list[list[LocalAnswer]]] = {}
+    if any(len(i.turns) > 1 for i in heldout):
+        with Phase(say, f"later turns of {sum(len(i.turns) > 1 for i in heldout)} conversations"):
+            turn_answers = later_turns(
+                {"student": student, "base": base}, heldout, answers, answer, PRIMARY_DECODING
+            )
     removed = {s: renderer.system_tokens_removed(s) for s in {i.system for i in heldout}}
     return LocalResults(
         nll_student=nll_student,
@@ -193,6 +225,7 @@ def measure_local(
         base_train=base_train,
         saved_per_prompt=[removed[i.system] for i in heldout],
         efficiency=efficiency,
+        turn_answers=turn_answers,
     )
 
 
@@ -286,3 +319,35 @@ def param_counts(merged: Any, lora: int) -> dict[str, Any]:
         "adapter_share_of_base": lora / max(total, 1),
         "student_dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
     }
+
+
+def later_turns(
+    models: dict[str, Any],
+    heldout: Sequence[Item],
+    answers: dict[tuple[str, str], list[LocalAnswer]],
+    answer: Answering,
+    decoding: str,
+) -> dict[str, list[list[LocalAnswer]]]:
+    """Each model's answers to every turn of the held-out conversations, turn 1 being its
+    `decoding` answer already made. A model sees the recorded user turns (the simulator wrote
+    them in reply to the teacher) and *its own* earlier answers, as a user talking to it
+    would: drift over turns is its own (MT-Bench asks its second turns the same way)."""
+    out: dict[str, list[list[LocalAnswer]]] = {}
+    most = max(len(i.turns) for i in heldout)
+    for name, model in models.items():
+        per_item = [[a] for a in answers[(name, decoding)]]
+        for t in range(1, most):
+            rows = [k for k, i in enumerate(heldout) if len(i.turns) > t]
+            convos = []
+            for k in rows:
+                convo: list[Message] = []
+                for (u, _), own in zip(heldout[k].turns[:t], per_item[k], strict=True):
+                    convo += [
+                        {"role": "user", "content": u},
+                        {"role": "assistant", "content": own.text},
+                    ]
+                convos.append([*convo, {"role": "user", "content": heldout[k].turns[t][0]}])
+            for k, a in zip(rows, answer(model, convos, decoding == "sampled"), strict=True):
+                per_item[k].append(a)
+        out[name] = per_item
+    return out

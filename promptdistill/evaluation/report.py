@@ -47,6 +47,16 @@ SUMMARY_ROWS: dict[str, tuple[str, str, str]] = {
     "persona_classifier_student": ("classifier: student with teacher", "higher", "{:.1%}"),
     "persona_classifier_base": ("classifier: base with teacher", "lower", "{:.1%}"),
     "persona_classifier_teacher": ("classifier: teacher with teacher", "higher", "{:.1%}"),
+    # multi-turn runs only (`sample --turns K`): the same shares at the first and last turn
+    **{
+        f"persona_classifier_{m}_{side}_turn": (
+            f"classifier, {side} turn: {m} with teacher",
+            "lower" if m == "base" else "higher",
+            "{:.1%}",
+        )
+        for side in ("first", "last")
+        for m in ("student", "base", "teacher")
+    },
     "task_accuracy_student": ("task accuracy student", "higher", "{:.1%}"),
     "task_accuracy_base": ("task accuracy base", "higher", "{:.1%}"),
     "task_accuracy_teacher": ("task accuracy teacher", "higher", "{:.1%}"),
@@ -171,6 +181,16 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows.append(("judge, in character (1-10)", j[0], j[1], j[2]))
     c = [fmt("persona_classifier_teacher", s.get(f"persona_classifier_{m}")) for m in MODELS]
     rows.append(("classifier: placed with teacher", c[0], c[1], c[2]))
+    by_turn = dig(report, "persona_fidelity", "by_turn")
+    if by_turn:  # multi-turn samples: does the persona hold over the conversation?
+        for side in ("first", "last"):
+            label = "turn 1" if side == "first" else f"last turn (up to {by_turn['turns']['max']})"
+            c = [
+                fmt("persona_classifier_teacher", s.get(f"persona_classifier_{m}_{side}_turn"))
+                for m in MODELS
+            ]
+            rows.append((f"classifier, {label} of {by_turn['conversations']} conversations",
+                         c[0], c[1], c[2]))  # fmt: skip
     loops = [fmt("loop_rate_student", s.get(f"loop_rate_{m}")) for m in MODELS]
     rows.append(("answers that loop", loops[0], loops[1], loops[2]))
     if task:
@@ -333,7 +353,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
 
 def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Summary side by side: each key with both values, the difference and which run is better."""
-    keys = list(dict.fromkeys([*SUMMARY_ROWS, *a["summary"], *b["summary"]]))
+    shown = [k for k in SUMMARY_ROWS if k in a["summary"] or k in b["summary"]]
+    keys = list(dict.fromkeys([*shown, *a["summary"], *b["summary"]]))
     rows = {}
     for k in keys:
         va, vb = a["summary"].get(k), b["summary"].get(k)

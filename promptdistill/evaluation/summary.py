@@ -51,6 +51,8 @@ class Measured:
     kl: dict[str, Any] = field(default_factory=dict)  # KL(teacher || student / base)
     loops: dict[str, Any] = field(default_factory=dict)  # loop rates per model
     notes: dict[str, str] = field(default_factory=dict)
+    # multi-turn samples: the classifier's shares at the first and the last turn (issue #14)
+    by_turn: dict[str, Any] | None = None
 
 
 def task_metrics(
@@ -197,6 +199,12 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "loop_rate_base": dig(m.loops, "base", "mean"),
         "heldout_prompts": len(inputs.heldout),
     }
+    if m.by_turn is not None:  # only multi-turn runs have these
+        for side in ("first", "last"):
+            for model in MODELS:
+                summary[f"persona_classifier_{model}_{side}_turn"] = m.by_turn[f"{side}_turn"][
+                    model
+                ]
     # every null headline number says why it is null
     group = {
         "judge_": "judge",
@@ -251,7 +259,11 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         },
         "loops": m.loops,
         "text_agreement": agreement,
-        "persona_fidelity": {"judge": judge, "classifier": classifier},
+        "persona_fidelity": {
+            "judge": judge,
+            "classifier": classifier,
+            **({"by_turn": m.by_turn} if m.by_turn is not None else {}),
+        },
         "task": task,
         "efficiency": efficiency,
         "training": _training_summary(inputs.run),
@@ -303,6 +315,15 @@ def answer_rows(
             if (m, i.id) in judge_scores
         }
         row["classifier_p_teacher"] = {m: p[k] for m, p in cls_probs.items()}
+        if local.turn_answers and len(i.turns) > 1:  # every turn of a multi-turn conversation
+            row["turns"] = [
+                {
+                    "user": u,
+                    "teacher": t,
+                    **{m: a[k][j].text for m, a in local.turn_answers.items()},
+                }
+                for j, (u, t) in enumerate(i.turns)
+            ]
         if i.gold is not None:
             row["final_answer"] = {
                 "teacher": extract_final_answer(i.teacher, pattern),

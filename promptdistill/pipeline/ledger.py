@@ -68,6 +68,8 @@ def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
     ]
     if s.logprobs is not None:  # samples with the teacher's logprobs are other samples
         sample_parts.append(s.logprobs)
+    if s.turns != 1:  # multi-turn conversations are other samples (issue #14)
+        sample_parts.append(f"turns={s.turns}")
     sample_fp = _hash(*sample_parts)
     train_parts = [
         "train",

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from promptdistill.core.errors import UserError
 from promptdistill.core.rundir import RunDir
-from promptdistill.personas import LoadedPersona, load_persona, same_persona
+from promptdistill.personas import LoadedPersona, data_roots, load_run_persona, same_persona
 from promptdistill.pipeline.config import RunConfig
 from promptdistill.pipeline.ledger import STAGES, Ledger, plan_stage, stage_fingerprints, supersede
 from promptdistill.sampling.summary import SampleSummary
@@ -30,7 +30,7 @@ class PipelineResult:
 def run_pipeline(cfg: RunConfig, run: RunDir, console: Console) -> PipelineResult:
     """Every stage in order: skipped when up to date, resumed when partial, redone (the old
     outputs moved aside) when its configuration changed."""
-    persona = load_persona(cfg.persona)
+    persona = load_run_persona(cfg.persona, cfg.sample.data_dir)
     cfg = as_recorded(cfg, run)
     if cfg.sample.teacher.base_url is not None:
         from promptdistill.clients.endpoint import normalize_base_url
@@ -54,7 +54,9 @@ def as_recorded(cfg: RunConfig, run: RunDir) -> RunConfig:
     (`tiny` and `personas/tiny.yaml`): the stage fingerprints hold the spelling, and the same
     persona must not redo a run (issue #16)."""
     recorded = (run.stage_config("sample") or {}).get("persona") if run.path.is_dir() else None
-    if recorded is None or recorded == cfg.persona or not same_persona(str(recorded), cfg.persona):
+    if recorded is None or recorded == cfg.persona:
+        return cfg
+    if not same_persona(str(recorded), cfg.persona, data_roots(cfg.sample.data_dir)):
         return cfg
     sample = cfg.sample.model_copy(update={"persona": str(recorded)})
     return cfg.model_copy(update={"persona": str(recorded), "sample": sample})

@@ -15,6 +15,10 @@ architecture blog 2015) raised to the server's retry-after when it sent one.
 Outcomes per job: a sample (`on_sample`), a failure for good (`on_failure`: 400, retries
 exhausted, content filter/empty after `content_retries`), or a `FatalError` that stops every
 worker at once (401/403/404, or an endpoint that cannot be reached).
+
+A job may go on: when `on_sample` returns another Job (the next request of a multi-turn
+conversation, sampling/turns.py), the same worker asks it at once, and the job counts as done
+only when no request follows.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Job:
     id: str
     messages: list[dict[str, str]]
     meta: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None  # this request's answer cap, if not the run's
 
 
 @dataclass
@@ -91,7 +96,7 @@ class Engine:
         transport: Transport,
         limits: Limits,
         body: Callable[[Job], dict[str, Any]],
-        on_sample: Callable[[Job, ChatResult, int], None],
+        on_sample: Callable[[Job, ChatResult, int], Job | None],
         on_failure: Callable[[Job, str, str, int | None, int], None],
         policy: RetryPolicy | None = None,
         stats: EngineStats | None = None,
@@ -153,11 +158,13 @@ class Engine:
     async def _worker(self, jobs: Iterator[Job]) -> None:
         # jobs is a plain iterator shared by all workers; next() never awaits, so it is safe
         for job in jobs:
-            await self._ask(job)
+            follow: Job | None = job
+            while follow is not None:  # a multi-turn conversation's next request, if any
+                follow = await self._ask(follow)
 
     # ----------------------------------------------------------------------- one job
 
-    async def _ask(self, job: Job) -> None:
+    async def _ask(self, job: Job) -> Job | None:
         body = self.body(job)
         chars = sum(len(m.get("content") or "") for m in job.messages)
         estimate = estimate_tokens(chars, int(body.get("max_tokens") or self.max_tokens))
@@ -172,18 +179,20 @@ class Engine:
             self.stats.last_error = str(e)
             self.on_failure(job, str(e), e.kind, e.status, state.attempts)
             self._check_systematic(e)
-            return
+            return None
         except RetryableError as e:  # retries exhausted
             self.stats.failed += 1
             self.stats.last_error = str(e)
             self.on_failure(
                 job, f"{e} (gave up after {state.attempts} tries)", e.kind, e.status, state.attempts
             )
-            return
-        self.stats.done += 1
+            return None
         if result.finish_reason == "length":
             self.stats.truncated += 1
-        self.on_sample(job, result, state.attempts)
+        follow = self.on_sample(job, result, state.attempts)
+        if follow is None:
+            self.stats.done += 1
+        return follow
 
     def _check_systematic(self, e: PromptError) -> None:
         """A 400 is about one prompt, unless every request gets one: then the request itself

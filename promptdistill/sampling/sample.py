@@ -40,26 +40,32 @@ from promptdistill.core.samples import SYSTEM_KEY, SampleReader, store_system_pr
 from promptdistill.personas import (
     LoadedPersona,
     UserPrompt,
+    data_roots,
     expand_prompts,
     heldout_prompts,
+    load_run_persona,
     same_persona,
 )
-from promptdistill.personas import load_persona as _load_persona
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
 from promptdistill.sampling.progress import Progress
 from promptdistill.sampling.summary import SampleSummary
+from promptdistill.sampling.turns import Conversations
 
 STAGE = "sample"
 # fields of the recorded stage config that must match for a run to grow
 _MUST_MATCH = ("persona", "seed", "teacher.model", "sampling.temperature", "sampling.top_p",
-               "sampling.max_tokens", "sampling.seed", "logprobs")  # fmt: skip
+               "sampling.max_tokens", "sampling.seed", "logprobs", "turns")  # fmt: skip
+
+
+# what a config.yaml written before a setting existed means by leaving it out
+_BEFORE = {"turns": 1}
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
-    return d
+    return _BEFORE.get(dotted) if d is None else d
 
 
 def recorded_config(config: SampleConfig) -> dict[str, Any]:
@@ -78,7 +84,8 @@ def check_compatible(run: RunDir, config: SampleConfig, persona: LoadedPersona) 
         for key in _MUST_MATCH:
             was, now = _get(old, key), _get(new, key)
             # the same persona file, named once by name and once by path (issue #16)
-            if key == "persona" and was is not None and same_persona(str(was), str(now)):
+            roots = data_roots(config.data_dir)
+            if key == "persona" and was is not None and same_persona(str(was), str(now), roots):
                 continue
             if was != now:
                 flag = "--" + key.split(".")[-1].replace("_", "-")
@@ -167,7 +174,7 @@ def sample_run(
     base = config.teacher.base_url
     if base is not None:
         normalize_base_url(base)  # a bad URL fails before the run directory exists
-    persona = persona or _load_persona(config.persona)
+    persona = persona or load_run_persona(config.persona, config.data_dir)
     prompts = expand_prompts(persona, config.n, config.seed)
     if config.include_heldout:
         prompts = heldout_prompts(persona) + prompts
@@ -323,6 +330,32 @@ class _Records:
         )
         self.written += 1
 
+    def on_conversation(
+        self, job: Job, r: ChatResult, attempts: int, convo: dict[str, Any]
+    ) -> None:
+        """A finished multi-turn conversation (turns.py): `r` is the teacher's last answer."""
+        self.last_answer = time.monotonic()
+        asked = [m for m in convo["messages"] if m["role"] != "system"]
+        self.samples.write(
+            {
+                "id": job.id,
+                **job.meta,
+                SYSTEM_KEY: self.system_key,
+                "messages": asked,
+                "finish_reason": r.finish_reason,
+                "truncated": r.finish_reason == "length",
+                "usage": convo["usage"],
+                "latency_s": round(convo["latency_s"], 4),
+                "attempts": attempts,
+                "teacher": self.teacher_info,
+                "turns": convo["turns"],
+                "finish_reasons": convo["finish_reasons"],
+                "simulator_usage": convo["simulator_usage"],
+                **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
+            }
+        )
+        self.written += 1
+
     def on_failure(self, job: Job, error: str, kind: str, status: int | None, tries: int) -> None:
         self.failures.write(
             {
@@ -350,7 +383,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
-async def _stopping(
+async def stopping(
     stop: asyncio.Event,
     handle_sigint: bool,
     stop_when: threading.Event | None,
@@ -424,8 +457,9 @@ async def _sample_async(
     limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
 
     def body(job: Job) -> dict[str, Any]:
-        out = chat_body(model, job.messages, s.temperature, s.top_p, s.max_tokens, s.seed)
-        if config.logprobs:
+        max_tokens = job.max_tokens or s.max_tokens  # the user simulator's turns are short
+        out = chat_body(model, job.messages, s.temperature, s.top_p, max_tokens, s.seed)
+        if config.logprobs and job.max_tokens is None:
             out |= {"logprobs": True, "top_logprobs": config.logprobs}
         return out
 
@@ -436,18 +470,23 @@ async def _sample_async(
     stop = asyncio.Event()
     sampling_start = time.monotonic()
     records = _Records(run, teacher_info, system_prompt)
+    on_sample: Callable[[Job, ChatResult, int], Job | None] = records.on_sample
+    on_failure = records.on_failure
+    if config.turns > 1:
+        who = f"an AI assistant ({persona.persona.description.strip()})"
+        convos = Conversations(config.turns, who, records.on_conversation, records.on_failure)
+        on_sample, on_failure = convos.on_sample, convos.on_failure
     source = key_source(t) if api_key else None
     engine = Engine(
         Transport(base_url, api_key, t.concurrency, t.timeout_s, key_source=source), limits, body,
-        records.on_sample, records.on_failure, RetryPolicy(max_retries=t.max_retries), stats,
-        s.max_tokens,
+        on_sample, on_failure, RetryPolicy(max_retries=t.max_retries), stats, s.max_tokens,
     )  # fmt: skip
     fatal: FatalError | None = None
     finished = False
     failing = False
     try:
         async with (
-            _stopping(stop, handle_sigint, stop_when, summary),
+            stopping(stop, handle_sigint, stop_when, summary),
             engine.transport,
             Progress(stats, limits.concurrency, console, live=live, log_every_s=log_every_s),
         ):

@@ -190,6 +190,15 @@ def objective_for(cfg: TrainConfig, student: Student, renderer: Renderer, run: R
     distill = Distill(teacher, ce_weight=cfg.ce_weight, hidden_weight=cfg.hidden_weight)
     if cfg.objective == "kd":
         return distill
+    turns = int((run.stage_config("sample") or {}).get("turns") or 1)
+    if turns > 1 and cfg.onpolicy_fraction >= 1.0:
+        # the student answers only a conversation's first user turn (onpolicy.py): with every
+        # example replaced by its own answer, the later turns would never be trained on
+        raise UserError(
+            f"--objective onpolicy: this run's samples have {turns} user turns, but the student "
+            "answers only the first one itself; pass --onpolicy-fraction below 1 (e.g. 0.5) so "
+            "the rest of each step trains on every teacher turn (kd), or use --objective kd"
+        )
     scorer: Scorer
     if teacher is not None:
         scorer = teacher
@@ -229,14 +238,15 @@ def system_prompt_of(run: RunDir) -> str:
             if isinstance(m, dict) and m.get("role") == "system" and m.get("content"):
                 return str(m["content"])
         break
-    persona = (run.stage_config("sample") or {}).get("persona")
+    stage = run.stage_config("sample") or {}
+    persona = stage.get("persona")
     if not persona:
         raise UserError(
             f"{run.config_path} names no persona: cannot find the teacher's system prompt"
         )
-    from promptdistill.personas import load_persona
+    from promptdistill.personas import load_run_persona
 
-    return load_persona(str(persona)).persona.system_prompt
+    return load_run_persona(str(persona), stage.get("data_dir")).persona.system_prompt
 
 
 def in_process_teacher(

@@ -95,7 +95,12 @@ def student_answers(
     model: object, batch: Batch, rows: list[int], gen: Generation, mode: Mode
 ) -> Batch:
     """The prompts of `rows` (each example up to its first answer token) answered by `model`;
-    every generated token carries weight 1 (its end-of-turn token too, when it stopped)."""
+    every generated token carries weight 1 (its end-of-turn token too, when it stopped).
+
+    In a multi-turn conversation (`sample --turns K`) that is the first user turn: the later
+    user turns were written in reply to the teacher's answers, not to the student's, so the
+    student answers the conversation's opening, and its later turns are learnt from the
+    teacher's tokens (the kd part of each step)."""
     prompts = []
     for r in rows:
         tokens, weights = batch.examples[r]

@@ -40,13 +40,16 @@ class EndpointScorer:
         assert teacher.base_url is not None
         self.teacher, self.renderer = teacher, renderer
         self.api_key = read_api_key(teacher)
-        # each prompt's conversation as the teacher answered it (system prompt included),
-        # without its answer: the student's answer takes that place
+        # each prompt's conversation as the teacher answered it (system prompt included), up to
+        # its first answer: the student's answer takes that place. The student answers the
+        # first user turn (onpolicy.py: each example's prompt up to its first answer token),
+        # also in a multi-turn conversation (`sample --turns K`), so only that turn is scored
         self.prompts: dict[str, list[dict[str, str]]] = {}
         for record in SampleReader(samples).records():
             messages = record.get("messages") or []
-            if messages and messages[-1].get("role") == "assistant":
-                self.prompts[str(record.get("id"))] = messages[:-1]
+            first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
+            if first:
+                self.prompts[str(record.get("id"))] = messages[:first]
         self.forward_s = 0.0
         self._runner = asyncio.Runner()
 
