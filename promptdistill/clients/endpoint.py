@@ -27,7 +27,6 @@ endpoint may echo them back in an error. See `normalize_base_url`.
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from collections.abc import AsyncIterator
@@ -39,11 +38,17 @@ import aiohttp
 import orjson
 
 from promptdistill.clients.base_url import endpoint_url, normalize_base_url
+from promptdistill.clients.waits import (
+    MAX_RETRY_AFTER_S,
+    asked_wait,
+    error_message,
+    parse_retry_after,
+)
 from promptdistill.core.redact import redact, redact_url
 
-__all__ = ["endpoint_url", "normalize_base_url"]  # re-exported: callers import them from here
+# re-exported: callers import them from here
+__all__ = ["MAX_RETRY_AFTER_S", "endpoint_url", "normalize_base_url", "parse_retry_after"]
 
-MAX_RETRY_AFTER_S = 120.0
 # `transformers serve` refuses a model name other than the one it is pinned to (the local
 # teacher's is `smollm2-135m`, clients/local_server.py); when the name asked for is a path to a
 # directory of that name, the client sends the pinned name instead (issue #14)
@@ -118,58 +123,6 @@ class ChatResult:
     # the first), and the prompt's token ids
     prompt_logprobs: list[Any] | None = None
     prompt_token_ids: list[int] | None = None
-
-
-def asked_wait(headers: Any) -> str | None:
-    """The server's retry-after as it sent it, for messages: `3600 s`, or the HTTP date."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        return f"{ms} ms"
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return f"{float(value):g} s"
-    except ValueError:
-        return str(value)[:40]
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait, from `retry-after-ms` (OpenAI) or `retry-after` (seconds or HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return min(max(float(value) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_S)
-
-
-def _error_message(body: bytes) -> str:
-    """The server's own error text, short, from an OpenAI-style `{"error": {"message": ...}}`."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace")
-    else:
-        err = data.get("error", data) if isinstance(data, dict) else data
-        if isinstance(err, dict):
-            text = str(err.get("message") or err.get("detail") or err)
-        else:
-            text = str(err)
-    text = " ".join(text.split())
-    return text[:300]
 
 
 # --------------------------------------------------------------------------- transport
@@ -358,7 +311,7 @@ class Transport:
         if not isinstance(event, dict):
             return None
         if "error" in event:  # a failure mid-answer, e.g. from `transformers serve`
-            detail = self._error(_error_message(orjson.dumps(event)))
+            detail = self._error(error_message(orjson.dumps(event)))
             raise RetryableError(f"error mid-answer: {detail}", "server")
         delta = StreamDelta(usage=event.get("usage") or {})
         for choice in event.get("choices") or []:
@@ -382,7 +335,7 @@ class Transport:
         return RetryableError(self._error(f"connection error: {e}"), "dropped")
 
     def _raise_for_status(self, status: int, raw: bytes, headers: Any) -> None:
-        detail = self._error(_error_message(raw))
+        detail = self._error(error_message(raw))
         try:
             self._classify(status, detail, raw, headers)
         except TransportError as e:
