@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from typer.core import TyperGroup
 
 from promptdistill.cli.common import DataDir, stderr, stdout
@@ -32,7 +32,9 @@ def personas(
     entries = list_personas(data_roots(data_dir))
     count = Renderer(load_tokenizer(tokenizer)).count
     shipped = shipped_root().resolve()
-    table = Table("persona", "description", "prompt sets", "system tokens", "words", "file")
+    # a count and its limit ("43891 > 8192") stay on one line however narrow the terminal
+    tokens_column = Column("system tokens", no_wrap=True)
+    table = Table("persona", "description", "prompt sets", tokens_column, "words", "file")
     notes: list[str] = []
     for entry in entries:
         where = "shipped" if entry.path.resolve().is_relative_to(shipped) else str(entry.path)
