@@ -32,9 +32,12 @@ def personas(
     entries = list_personas(data_roots(data_dir))
     count = Renderer(load_tokenizer(tokenizer)).count
     shipped = shipped_root().resolve()
-    # a count and its limit ("43891 > 8192") stay on one line however narrow the terminal
-    tokens_column = Column("system tokens", no_wrap=True)
-    table = Table("persona", "description", "prompt sets", tokens_column, "words", "file")
+    # a name (to copy) and a count with its limit ("43891 > 8192") stay on one line however
+    # narrow the terminal; the description and the rest wrap
+    table = Table(
+        Column("persona", no_wrap=True), "description", "prompt sets",
+        Column("system tokens", no_wrap=True), "words", "file",
+    )  # fmt: skip
     notes: list[str] = []
     for entry in entries:
         where = "shipped" if entry.path.resolve().is_relative_to(shipped) else str(entry.path)
