@@ -8,14 +8,10 @@ support. The merge is done in fp32 (the base's dtype on disk), so it is exact up
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from promptdistill.core.errors import UserError
-from promptdistill.core.io import os_error, writing
+from promptdistill.core.io import new_folder, writing
 from promptdistill.core.rundir import RunDir
 
 
@@ -28,30 +24,13 @@ def export_merged(run: RunDir, out: Path, dtype: str = "fp32", log: Any = print)
 
     run.require()
     adapter = run.require_adapter()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--merged {out} is a file, not a directory; choose a new directory")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise UserError(f"--merged {out}: {above} is a file, not a directory; choose another path")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new --merged directory")
     base_name = run.trained_student().model
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise os_error(e, out) from None
-    try:
+    with new_folder(out, "--merged") as tmp:  # checked before the merge, which takes minutes
         log(f"merging {adapter} into {base_name} ...")
         merged = load_student(base_name, adapter, dtype=dtype).merge_and_unload()
         tokenizer = load_tokenizer(base_name)
         with writing(out):  # also the OS errors safetensors wraps in its own type
             merged.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
-            if out.exists():
-                out.rmdir()  # checked empty above
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log(f"merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
     return out

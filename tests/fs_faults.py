@@ -81,3 +81,19 @@ def read_only_dir(path: Path) -> Iterator[Path]:
         yield path
     finally:
         path.chmod(0o755)
+
+
+def unwritable_target(
+    kind: str, root: Path, stack: contextlib.ExitStack
+) -> tuple[Path, str, Path | None]:
+    """An output folder under `root` that cannot be made, for `export`'s targets: 'a file' (the
+    path is a file), 'under a file' (a file above it) or 'read-only'. Returns the path, what
+    its one-line error must say, and the file (holding b"keep me") that must stay untouched."""
+    if kind == "a file":
+        (root / "out.bin").write_bytes(b"keep me")
+        return root / "out.bin", "is a file, not a directory", root / "out.bin"
+    if kind == "under a file":
+        (root / "outs").write_bytes(b"keep me")
+        return root / "outs" / "out", f"{root / 'outs'} is a file, not a directory", root / "outs"
+    ro = stack.enter_context(read_only_dir(root / "ro"))
+    return ro / "out", "read-only" if os.geteuid() == 0 else "permission denied", None

@@ -120,6 +120,34 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path) -> None:
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("target", ["a file", "under a file", "read-only", "disk full"])
+def test_an_unwritable_target_is_one_line_naming_it(tmp_path: Path, target: str) -> None:
+    """As for `--merged` (issue #16): the target is checked before the work, a disk that fills
+    while writing names the target (not a temp folder), and nothing half-written is left."""
+    import contextlib
+    import os
+
+    from fixtures_openai import one_line_error
+    from fs_faults import file_size_limit, unwritable_target
+
+    run, _ = make_run(tmp_path)
+    limit, kept = None, None
+    with contextlib.ExitStack() as stack:
+        if target == "disk full":
+            out, limit = tmp_path / "full" / "set", file_size_limit(1000)
+            said = "larger than this system allows"
+        else:
+            out, said, kept = unwritable_target(target, tmp_path, stack)
+        cmd = [sys.executable, "-m", "promptdistill", "export", str(run), "--dataset", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+        line = one_line_error(r, 2)
+        assert str(out) in line and said in line and ".tmp-" not in line, line
+    assert kept is None or kept.read_bytes() == b"keep me"
+    if target == "disk full":
+        assert list(out.parent.iterdir()) == []  # neither the target nor its temp folder
+
+
 @pytest.mark.parametrize(
     ("example", "problem"),
     [

@@ -60,7 +60,7 @@ def test_merged_export_matches_base_plus_adapter(tmp_path: Path) -> None:
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter changed the model
 
     # a second export into the same directory is refused rather than overwriting it
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="is not an empty folder"):
         export_merged(run, out)
 
     # the disk fills up while the weights are written (RLIMIT_FSIZE: EFBIG, tests/fs_faults.py):
@@ -91,27 +91,16 @@ def test_an_unwritable_target_fails_before_the_merge(tmp_path: Path, target: str
     import contextlib
 
     from fixtures_openai import one_line_error
-    from fs_faults import read_only_dir
+    from fs_faults import unwritable_target
 
     run = RunDir(tmp_path / "run").create()
     run.adapter.mkdir()
     (run.adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/no/model"}')
     with contextlib.ExitStack() as stack:
-        if target == "a file":
-            out = tmp_path / "merged.bin"
-            out.write_bytes(b"keep me")
-            said = "is a file, not a directory"
-        elif target == "under a file":
-            (tmp_path / "models").write_bytes(b"keep me")
-            out = tmp_path / "models" / "merged"
-            said = f"{tmp_path / 'models'} is a file, not a directory"
-        else:
-            out = stack.enter_context(read_only_dir(tmp_path / "ro")) / "merged"
-            said = "read-only" if os.geteuid() == 0 else "permission denied"
+        out, said, kept = unwritable_target(target, tmp_path, stack)
         cmd = [sys.executable, "-m", "promptdistill", "export", str(run.path), "--merged", str(out)]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
         line = one_line_error(r, 2)
         assert str(out) in line and said in line, line
         assert "merging" not in r.stdout  # no model was loaded
-    if target != "read-only":
-        assert (out if target == "a file" else out.parent).read_bytes() == b"keep me"
+    assert kept is None or kept.read_bytes() == b"keep me"

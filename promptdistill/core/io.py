@@ -89,6 +89,35 @@ def writing(path: Path) -> Iterator[None]:
         raise os_error(found, path) from None
 
 
+@contextlib.contextmanager
+def new_folder(out: Path, flag: str) -> Iterator[Path]:
+    """A folder written whole or not at all, for `export`'s targets (issue #16). `out` is checked
+    before the block's work (which can take minutes): not a file, no file above it, empty if it
+    exists, and a temp folder beside it can be made (a read-only place fails now, not after the
+    work). The block fills the yielded temp folder, which is then renamed to `out`; the temp
+    folder never stays behind. Wrap the block's writes in `writing(out)`."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out} is a file, not a directory; choose a new folder")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{flag} {out}: {above} is a file, not a directory; choose another path")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{flag} {out} exists and is not an empty folder; choose a new one")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise os_error(e, out) from None
+    try:
+        yield tmp
+        with writing(out):
+            if out.exists():
+                out.rmdir()  # checked empty above
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 

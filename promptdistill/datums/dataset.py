@@ -20,9 +20,6 @@ axolotl's `chat_template` datasets read the `messages` column as it is.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +29,7 @@ import orjson
 
 from promptdistill.core.config import DatumConfig
 from promptdistill.core.errors import UserError
+from promptdistill.core.io import new_folder, writing
 from promptdistill.core.rundir import RunDir
 from promptdistill.core.samples import SampleReader
 from promptdistill.datums.build import split_of, usable_records
@@ -133,31 +131,23 @@ def export_dataset(
     run.require()
     if not run.samples.is_file():
         raise UserError(f"{run.samples} not found; run `promptdistill sample` first")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; choose a new --dataset path")
-    cfg, recorded = recorded_datum_config(run)
-    rows, counts = dataset_rows(run, cfg)
-    done = DatasetExport(out=out, format=fmt, rows={k: len(v) for k, v in rows.items()},
-                         counts=counts)  # fmt: skip
-    if not recorded:
-        done.warnings.append(
-            f"{run.config_path} has no train stage yet: split with the default val_fraction "
-            f"{cfg.val_fraction}, as `train` would"
-        )
-    if not rows["train"]:
-        raise UserError(f"{run.samples} has no usable training conversations to export")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        if fmt == "openai":
-            _write_openai(tmp, rows, done)
-        else:
-            _write_hf(tmp, rows, fmt)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with new_folder(out, "--dataset") as tmp:  # checked before the work (issue #16)
+        cfg, recorded = recorded_datum_config(run)
+        rows, counts = dataset_rows(run, cfg)
+        done = DatasetExport(out=out, format=fmt, rows={k: len(v) for k, v in rows.items()},
+                             counts=counts)  # fmt: skip
+        if not recorded:
+            done.warnings.append(
+                f"{run.config_path} has no train stage yet: split with the default val_fraction "
+                f"{cfg.val_fraction}, as `train` would"
+            )
+        if not rows["train"]:
+            raise UserError(f"{run.samples} has no usable training conversations to export")
+        with writing(out):  # a full disk names the target, not the temp folder
+            if fmt == "openai":
+                _write_openai(tmp, rows, done)
+            else:
+                _write_hf(tmp, rows, fmt)
     done.files = sorted(p for p in out.rglob("*") if p.is_file())
     return done
 
