@@ -138,44 +138,56 @@ def train_and_eval(
     return s
 
 
-def seconds_per_step(samples: Path, work: Path, objective: str, log: Path) -> float:
+def seconds_per_step(samples: Path, work: Path, label: str, flags: list[str], log: Path) -> float:
     """A short calibration run: the mean CPU seconds of its steps (the first included). CPU
     time, not wall time: a busy machine stretches the latter several-fold (a kd calibration
     read 54 s/step beside another job, 14 s alone), and the former by far less."""
-    run = work / f"calibrate-{objective}"
+    run = work / f"calibrate-{label}"
     if (run / "calibrated").is_file():
         return float((run / "calibrated").read_text())
     run = fresh_run(samples, run)
-    cli("train", str(run), "--objective", objective, "--steps", "4", *TRAIN, log=log)
+    cli("train", str(run), *flags, "--steps", "4", *TRAIN, log=log)
     mean = statistics.mean(r["cpu_s"] for r in train_rows(run))
     (run / "calibrated").write_text(f"{mean}\n")
     return mean
 
 
 def budget_steps(
-    samples: Path, work: Path, sft_steps: int, objectives: list[str], log: Path
+    samples: Path, work: Path, sft_steps: int, kinds: dict[str, list[str]], log: Path
 ) -> dict[str, int]:
-    """Steps per objective in sft's training time: sft's steps scaled by the ratio of the
-    seconds per step, all three calibrated one after the other."""
-    per = {o: seconds_per_step(samples, work, o, log) for o in ["sft", *objectives]}
-    print("CPU s/step (calibration): " + ", ".join(f"{o} {v:.1f}" for o, v in per.items()))
-    return {o: max(1, round(sft_steps * per["sft"] / per[o])) for o in objectives}
+    """Steps per kind of run (objective and batch size) in sft's training time: sft's steps
+    scaled by the ratio of the seconds per step, all calibrated one after the other."""
+    kinds = {"sft": kind_flags("sft"), **kinds}
+    per = {k: seconds_per_step(samples, work, k, flags, log) for k, flags in kinds.items()}
+    print("CPU s/step (calibration): " + ", ".join(f"{k} {v:.1f}" for k, v in per.items()))
+    return {k: max(1, round(sft_steps * per["sft"] / per[k])) for k in kinds if k != "sft"}
 
 
 def variant(spec: str, seeds: list[int]) -> tuple[str, str, list[str], list[int]]:
-    """`kd`, `sft-keep-loops`, `kd-ce1` (kd + 1 x the NLL), each optionally `:0,1` for its own
-    seeds: (label, objective, extra train flags, seeds)."""
+    """`kd`, `sft-keep-loops`, `kd-ce1` (kd + 1 x the NLL), `kd-bt1024` (1,024-token batches:
+    more, smaller steps), each optionally `:0;1` for its own seeds: (label, the kind of step
+    that sets its cost, extra train flags, seeds)."""
     label, _, own = spec.partition(":")
-    name, *mods = label.split("-", 1)
-    flags: list[str] = []
-    for mod in mods:
+    name, _, rest = label.partition("-")
+    flags = ["--objective", name]
+    kind = name
+    for mod in re.findall(r"keep-loops|ce[\d.]+|bt\d+", rest):
         if mod == "keep-loops":
             flags.append("--keep-loops")
         elif mod.startswith("ce"):
             flags += ["--ce-weight", mod[2:]]
         else:
-            sys.exit(f"unknown variant {spec!r}: use NAME, NAME-keep-loops or NAME-ceW")
-    return label, name, flags, [int(x) for x in own.split(";")] if own else seeds
+            flags += ["--batch-tokens", mod[2:]]
+            kind += f"-{mod}"
+    if re.sub(r"keep-loops|ce[\d.]+|bt\d+|-", "", rest):
+        sys.exit(f"unknown variant {spec!r}: use NAME with -keep-loops, -ceW or -btN")
+    return label, kind, flags, [int(x) for x in own.split(";")] if own else seeds
+
+
+def kind_flags(kind: str) -> list[str]:
+    """The flags that set a step's cost: `kd` -> its objective; `kd-bt1024` -> and its batch."""
+    name, _, batch = kind.partition("-bt")
+    return ["--objective", name, *(["--batch-tokens", batch] if batch else [])]
 
 
 def fmt(values: list[float], spec: str) -> str:
@@ -219,15 +231,15 @@ def main() -> None:
         runs = [variant(o, seeds) for o in a.objectives.split(",")]
         runs.sort(key=lambda v: v[0] != "sft")  # sft first: its steps set the budget
         steps: dict[str, int] = {}
-        for label, name, flags, run_seeds in runs:
-            if name != "sft" and name not in steps:
+        for label, kind, flags, run_seeds in runs:
+            if kind != "sft" and kind not in steps:
                 sft_steps = results["sft"][0]["steps"]
-                distill = sorted({n for _, n, _, _ in runs if n != "sft"})
-                steps |= budget_steps(samples, a.work / persona, sft_steps, distill, log)
+                kinds = {k: kind_flags(k) for _, k, _, _ in runs if k != "sft"}
+                steps |= budget_steps(samples, a.work / persona, sft_steps, kinds, log)
             for seed in run_seeds:
-                extra = ["--objective", name, *flags]
-                if name != "sft":
-                    extra += ["--steps", str(steps[name])]
+                extra = list(flags)
+                if kind != "sft":
+                    extra += ["--steps", str(steps[kind])]
                 dest = a.work / persona / f"{label}-seed{seed}"
                 r = train_and_eval(samples, dest, seed, extra, log)
                 results.setdefault(label, []).append(r)
