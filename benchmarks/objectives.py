@@ -93,6 +93,8 @@ def fresh_run(samples: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in ("samples.jsonl", "config.yaml"):
         shutil.copy(samples / name, dest / name)
+    if (samples / "system-prompts").is_dir():  # samples name their system prompt by hash (#16)
+        shutil.copytree(samples / "system-prompts", dest / "system-prompts")
     return dest
 
 

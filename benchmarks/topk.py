@@ -96,6 +96,8 @@ def main() -> None:
         dest.mkdir()
         for f in ("samples.jsonl", "config.yaml"):
             shutil.copy(source / f, dest / f)
+        if (a.samples / "system-prompts").is_dir():  # samples name it by hash (#16)
+            shutil.copytree(a.samples / "system-prompts", dest / "system-prompts")
         train = ["train", str(dest), "--objective", "kd", "--steps", str(a.steps), "--warmup", "2"]
         run([*py, *train, "--eval-every", "1000", "--save-every", "1000", *extra], log)
         # eval against the embedded teacher, whatever the run's (fake) endpoint says
