@@ -9,11 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags
 from promptdistill.cli.common import DataDir, Turns, stderr, stdout
 from promptdistill.core.errors import UserError
 
 
-def run_command(
+def run_command(  # long: one parameter per flag
     persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
     run_dir: Annotated[
         str | None, typer.Option("--run", help="Run directory (default: runs/PERSONA[-PRESET]).")
@@ -65,6 +66,8 @@ def run_command(
     price_out: Annotated[float | None, typer.Option(help="USD per million output tokens.")] = None,
     turns: Turns = None,
     data_dir: DataDir = None,
+    batch_api: BatchApi = None,
+    batch_fallback: BatchFallback = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -90,6 +93,8 @@ def run_command(
         "sample": {
             "n": n, "logprobs": logprobs, "turns": turns,
             "data_dir": recorded_data_dir(persona, loaded, data_dir),
+            "price_in": price_in, "price_out": price_out,
+            "batch": batch_flags(batch_api, batch_fallback, None, None),
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
                 "base_url": base_url, "model": model, "api_key_env": api_key_env,
@@ -113,6 +118,11 @@ def run_command(
     cfg = resolve_config(
         persona, preset, config_file, flags, loaded.persona.sampling.model_dump(exclude_none=True)
     )
+    if cfg.sample.batch.api and cfg.stream:
+        raise UserError(
+            "--batch-api and --stream: a batch's answers come all at once, hours later; "
+            "drop one of them (a --batch-api run trains once every batch is merged)"
+        )
     name = loaded.name + (f"-{cfg.preset}" if cfg.preset else "")
     run = RunDir(run_dir or Path("runs") / name)
     console = stdout()

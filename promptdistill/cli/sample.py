@@ -7,11 +7,25 @@ from typing import Annotated
 
 import typer
 
+from promptdistill.cli.batch import (
+    BatchApi,
+    BatchFallback,
+    BatchMaxRequests,
+    BatchPoll,
+    CancelBatches,
+    PriceIn,
+    PriceOut,
+    ReadBatchFile,
+    WriteBatchFile,
+    batch_flags,
+    check_batch_flags,
+    print_batch_outcome,
+)
 from promptdistill.cli.common import DataDir, Turns, stdout
 from promptdistill.core.errors import UserError
 
 
-def sample(
+def sample(  # long: one parameter per flag
     persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
     run_dir: Annotated[str, typer.Option("--run", help="Run directory (created if missing).")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="Training prompts to answer.")],
@@ -70,6 +84,15 @@ def sample(
         float,
         typer.Option(min=0.1, help="Seconds between progress lines when stdout is not a terminal."),
     ] = 5.0,
+    write_batch_file: WriteBatchFile = None,
+    read_batch_file: ReadBatchFile = None,
+    batch_api: BatchApi = None,
+    batch_fallback: BatchFallback = None,
+    cancel_batches: CancelBatches = False,
+    batch_poll: BatchPoll = None,
+    batch_max_requests: BatchMaxRequests = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
 ) -> None:
     """Ask the teacher to answer N prompts of PERSONA; store them in RUN/samples.jsonl.
 
@@ -89,6 +112,8 @@ def sample(
         raise UserError("--model is required with --base-url (the teacher model's name)")
     if base_url is not None:
         normalize_base_url(base_url)  # before anything is created (issue #16)
+    check_batch_flags(write_batch_file, read_batch_file, cancel_batches, batch_api, base_url,
+                      model)  # fmt: skip
     loaded = load_persona(persona, data_roots(data_dir))
     flags = {
         "persona": persona,
@@ -98,6 +123,9 @@ def sample(
         "logprobs": logprobs,
         "turns": turns,
         "data_dir": recorded_data_dir(persona, loaded, data_dir),
+        "price_in": price_in,
+        "price_out": price_out,
+        "batch": batch_flags(batch_api, batch_fallback, batch_poll, batch_max_requests),
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {
@@ -111,14 +139,27 @@ def sample(
     )
     console = stdout()
     # sample_run checks what it can, then creates the run and holds its lock (core/rundir.py)
+    batches = None
+    if write_batch_file or read_batch_file or cancel_batches or config.batch.api:
+        from promptdistill.sampling.batch_run import BatchAction, batch_runner
+
+        action = (BatchAction("write", write_batch_file) if write_batch_file
+                  else BatchAction("read", read_batch_file) if read_batch_file
+                  else BatchAction("cancel") if cancel_batches else None)  # fmt: skip
+        batches = batch_runner(action)
     summary = sample_run(
-        config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded
-    )
+        config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded,
+        batches=batches,
+    )  # fmt: skip
     console.print(summary_table(summary))
+    argv = ["promptdistill", *sys.argv[1:]]
+    if print_batch_outcome(console, summary, write_batch_file, read_batch_file, cancel_batches,
+                           argv):  # fmt: skip
+        return
     if summary.complete:
         console.print(f"all {summary.requested} prompts answered: {RunDir(run_dir).samples}")
         return
-    again = shlex.join(["promptdistill", *sys.argv[1:]])
+    again = shlex.join(argv)
     if summary.interrupted:
         console.print(f"interrupted; everything answered is saved. Resume with: {again}")
         raise typer.Exit(128 + (summary.stop_signal or 2))

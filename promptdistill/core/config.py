@@ -172,6 +172,21 @@ class TeacherConfig(StrictModel):
     max_retries: int = Field(8, ge=0)
 
 
+class BatchConfig(StrictModel):
+    """Sampling through the Batch API (`/v1/files` + `/v1/batches`, issue #15): half the price
+    and its own, larger rate limits, in return for answers within 24 h."""
+
+    api: bool = False  # --batch-api
+    # lines a batch did not answer (failed, expired, cancelled): another batch, or online
+    fallback: Literal["batch", "online"] = "batch"
+    rounds: int = Field(3, ge=0)  # follow-up batches at most, per command
+    poll_s: float = Field(15.0, gt=0)  # the first wait between polls; it grows 1.5x per poll
+    poll_max_s: float = Field(300.0, gt=0)
+    # OpenAI's limits per input file: 50,000 requests and 200 MB
+    max_requests: int = Field(50_000, ge=1, le=50_000)
+    max_bytes: int = Field(200_000_000, ge=1024, le=200_000_000)
+
+
 class SampleConfig(StrictModel):
     """What `promptdistill sample` asks for."""
 
@@ -189,6 +204,11 @@ class SampleConfig(StrictModel):
     # issue #14: conversations of this many user turns; after each teacher answer, the teacher
     # as a user simulator (sampling/turns.py) writes the next user message
     turns: int = Field(1, ge=1, le=32)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    # USD per million tokens at online prices, for the summary's cost (sampling/cost.py knows a
+    # few models' list prices); the Batch API costs half
+    price_in: float | None = Field(None, ge=0)
+    price_out: float | None = Field(None, ge=0)
 
 
 class PromptWriteConfig(StrictModel):
