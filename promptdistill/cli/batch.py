@@ -82,7 +82,7 @@ def batch_flags(
 
 def check_batch_flags(
     write: Path | None, read: Path | None, cancel: bool, batch_api: bool | None,
-    base_url: str | None, model: str | None,
+    base_urls: list[str] | None, model: str | None,
 ) -> None:  # fmt: skip
     """One batch command at a time, with what it needs."""
     given = [name for name, on in (("--write-batch-file", write), ("--read-batch-file", read),
@@ -95,11 +95,13 @@ def check_batch_flags(
             "is to answer it (e.g. the one `vllm run-batch --model M` serves)"
         )
     flag = "--cancel-batches" if cancel else "--batch-api"
-    if (batch_api or cancel) and base_url is None:
+    if (batch_api or cancel) and not base_urls:
         raise UserError(
             f"{flag} needs --base-url (and --model): the endpoint with /v1/files and "
             "/v1/batches, e.g. https://api.openai.com/v1"
         )
+    if (batch_api or cancel) and len(base_urls or []) > 1:
+        raise UserError(f"{flag} takes one --base-url: the endpoint that holds the batches")
 
 
 def print_batch_outcome(

@@ -22,6 +22,7 @@ from promptdistill.cli.batch import (
     print_batch_outcome,
 )
 from promptdistill.cli.common import DataDir, Turns, stdout
+from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
 from promptdistill.core.errors import UserError
 
 
@@ -29,13 +30,7 @@ def sample(  # long: one parameter per flag
     persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
     run_dir: Annotated[str, typer.Option("--run", help="Run directory (created if missing).")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="Training prompts to answer.")],
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (a bare host gets "
-            "/v1 added). Leave out to start the embedded local teacher."
-        ),
-    ] = None,
+    urls: BaseUrls = None,
     model: Annotated[
         str | None, typer.Option(help="Teacher model name (required with --base-url).")
     ] = None,
@@ -100,7 +95,6 @@ def sample(  # long: one parameter per flag
     """
     import shlex
 
-    from promptdistill.clients.endpoint import normalize_base_url
     from promptdistill.core.config import SampleConfig
     from promptdistill.core.merge import merge, validate
     from promptdistill.core.rundir import RunDir
@@ -108,12 +102,11 @@ def sample(  # long: one parameter per flag
     from promptdistill.sampling.sample import sample_run
     from promptdistill.sampling.summary import summary_table
 
+    base_url, endpoints = parse_base_urls(urls)
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")
-    if base_url is not None:
-        normalize_base_url(base_url)  # before anything is created (issue #16)
-    check_batch_flags(write_batch_file, read_batch_file, cancel_batches, batch_api, base_url,
-                      model)  # fmt: skip
+    # parse_base_urls checked every URL before anything is created (issue #16)
+    check_batch_flags(write_batch_file, read_batch_file, cancel_batches, batch_api, urls, model)
     loaded = load_persona(persona, data_roots(data_dir))
     flags = {
         "persona": persona,
@@ -129,7 +122,8 @@ def sample(  # long: one parameter per flag
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {
-            "base_url": base_url, "model": model, "api_key_env": api_key_env,
+            "base_url": base_url, "endpoints": endpoints, "model": model,
+            "api_key_env": api_key_env,
             "api_key_file": api_key_file, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
             "timeout_s": timeout, "max_retries": max_retries,
         },

@@ -157,8 +157,18 @@ class PromptSet(StrictModel):
 # --------------------------------------------------------------------------- stages
 
 
+class EndpointConfig(StrictModel):
+    """One of several endpoints serving the teacher model (issue #15)."""
+
+    base_url: str
+    concurrency: int | None = Field(None, ge=1, le=100_000)  # None: the teacher's `concurrency`
+
+
 class TeacherConfig(StrictModel):
-    """An OpenAI-compatible chat endpoint. base_url None means the embedded local teacher."""
+    """An OpenAI-compatible chat endpoint. base_url None means the embedded local teacher.
+
+    Several endpoints (vLLM replicas, regions; issue #15): `endpoints` lists every one and
+    `base_url` is the first, which is what eval, the judge and the REPL talk to."""
 
     base_url: str | None = None
     model: str = "smollm2-135m"
@@ -170,6 +180,15 @@ class TeacherConfig(StrictModel):
     tpm: float | None = Field(None, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(8, ge=0)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _first_endpoint(self) -> TeacherConfig:
+        if self.endpoints and self.base_url is None:
+            self.base_url = self.endpoints[0].base_url
+        elif self.endpoints and self.base_url != self.endpoints[0].base_url:
+            raise ValueError("base_url must be the first of `endpoints` (or leave it out)")
+        return self
 
 
 class BatchConfig(StrictModel):

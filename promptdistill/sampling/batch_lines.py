@@ -8,7 +8,7 @@ and the Batch API's web console:
           "error": null}
 
 `custom_id` is the prompt id, and `body` is exactly the request online sampling sends
-(sample.py: `request_body`). Output lines come in any order, and an answer is checked as an
+(requests.py: `request_body`). Output lines come in any order, and an answer is checked as an
 online one is (clients/endpoint.py: `parse_completion`, `raise_for_status`): malformed, empty
 or content-filtered answers are lines that failed, a truncated one is kept and flagged.
 `merge_results` writes each prompt's first good answer, once, and sorts the rest.

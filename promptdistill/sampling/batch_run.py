@@ -26,14 +26,8 @@ from promptdistill.sampling.batch_api import cancel_batches, sample_batches
 from promptdistill.sampling.batch_file import read_batch_file, write_batch_file
 from promptdistill.sampling.batch_lines import BatchWork, Prepared
 from promptdistill.sampling.engine import Job
-from promptdistill.sampling.sample import (
-    _job,
-    _Records,
-    _sample_async,
-    _teacher_info,
-    request_body,
-    stopping,
-)
+from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
+from promptdistill.sampling.sample import _Records, _sample_async, stopping
 
 
 @dataclass(frozen=True)
@@ -92,10 +86,10 @@ def batch_work(p: Prepared) -> BatchWork:
 
     system_prompt = p.persona.persona.system_prompt
     return BatchWork(
-        config=config, run=p.run, jobs=[_job(q, system_prompt) for q in p.todo],
+        config=config, run=p.run, jobs=[prompt_job(q, system_prompt) for q in p.todo],
         done_ids=p.done_ids, body=request_body(config, model),
         open_records=lambda: _Records(
-            p.run, _teacher_info(config, summary.base_url), system_prompt
+            p.run, teacher_record(config, summary.base_url), system_prompt
         ),
         online=online, summary=summary, console=p.console, say=p.say, api_key=p.api_key,
         live=p.live, log_every_s=p.log_every_s,

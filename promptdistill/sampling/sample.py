@@ -26,8 +26,6 @@ from rich.console import Console
 from promptdistill.clients.endpoint import (
     ChatResult,
     FatalError,
-    Transport,
-    chat_body,
     normalize_base_url,
 )
 from promptdistill.clients.keys import key_source, read_api_key
@@ -49,7 +47,9 @@ from promptdistill.sampling.compat import check_compatible, recorded_config
 from promptdistill.sampling.cost import prices
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
+from promptdistill.sampling.pool import endpoint_pool
 from promptdistill.sampling.progress import Progress
+from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
 from promptdistill.sampling.summary import SampleSummary
 from promptdistill.sampling.turns import Conversations
 
@@ -77,36 +77,6 @@ def for_local_teacher(config: SampleConfig, say: Callable[[str], None]) -> Sampl
         "timeout (a CPU server queues the rest; retrying them would only add work)"
     )
     return config.model_copy(update={"teacher": teacher})
-
-
-def request_body(config: SampleConfig, model: str) -> Callable[[Job], dict[str, Any]]:
-    """The one request builder: what online sampling sends, and what a batch file holds."""
-    s = config.sampling
-
-    def body(job: Job) -> dict[str, Any]:
-        max_tokens = job.max_tokens or s.max_tokens  # the user simulator's turns are short
-        out = chat_body(model, job.messages, s.temperature, s.top_p, max_tokens, s.seed)
-        if config.logprobs and job.max_tokens is None:
-            out |= {"logprobs": True, "top_logprobs": config.logprobs}
-        return out
-
-    return body
-
-
-def _teacher_info(config: SampleConfig, base_url: str) -> dict[str, Any]:
-    return {
-        "base_url": base_url,
-        "model": config.teacher.model,  # the local teacher's `model` is a cache path
-        "sampling": config.sampling.model_dump(mode="json"),
-    }
-
-
-def _job(p: UserPrompt, system_prompt: str) -> Job:
-    meta: dict[str, Any] = {"split": p.split, "prompt_set": p.prompt_set, "category": p.category}
-    if p.gold is not None:
-        meta["gold"] = p.gold
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": p.text}]
-    return Job(p.id, messages, meta)
 
 
 def sample_run(
@@ -431,7 +401,7 @@ async def _sample_async(
     warm_up: bool = False,
 ) -> None:
     t, s = config.teacher, config.sampling
-    teacher_info = _teacher_info(config, summary.base_url)
+    teacher_info = teacher_record(config, summary.base_url)
     system_prompt = persona.persona.system_prompt
     stats = EngineStats(total=len(todo))
     # the local teacher's prefix cache needs one finished prefill first (limits.AdaptiveConcurrency)
@@ -441,7 +411,7 @@ async def _sample_async(
 
     def jobs() -> Iterator[Job]:
         for p in todo:
-            yield _job(p, system_prompt)
+            yield prompt_job(p, system_prompt)
 
     stop = asyncio.Event()
     sampling_start = time.monotonic()
@@ -453,9 +423,11 @@ async def _sample_async(
         convos = Conversations(config.turns, who, records.on_conversation, records.on_failure)
         on_sample, on_failure = convos.on_sample, convos.on_failure
     source = key_source(t) if api_key else None
+    pool = endpoint_pool(t, base_url, api_key, limits, source)  # one, or several (issue #15)
+    summary.max_concurrency = summary.min_concurrency = pool.maximum
     engine = Engine(
-        Transport(base_url, api_key, t.concurrency, t.timeout_s, key_source=source), limits, body,
-        on_sample, on_failure, RetryPolicy(max_retries=t.max_retries), stats, s.max_tokens,
+        pool, limits, body, on_sample, on_failure, RetryPolicy(max_retries=t.max_retries), stats,
+        s.max_tokens,
     )  # fmt: skip
     fatal: FatalError | None = None
     finished = False
@@ -463,8 +435,8 @@ async def _sample_async(
     try:
         async with (
             stopping(stop, handle_sigint, stop_when, summary),
-            engine.transport,
-            Progress(stats, limits.concurrency, console, live=live, log_every_s=log_every_s),
+            pool,
+            Progress(stats, pool, console, live=live, log_every_s=log_every_s),
         ):
             try:
                 finished = await engine.run(jobs(), stop)
@@ -486,7 +458,7 @@ async def _sample_async(
         summary.output_tokens += stats.output_tokens
         summary.retries = stats.retries
         summary.rate_limited = stats.rate_limited
-        summary.min_concurrency = limits.concurrency.min_seen
+        summary.min_concurrency, summary.endpoints = pool.min_seen, pool.report()
         summary.sampling_s = records.last_answer - sampling_start
         summary.interrupted = not finished and fatal is None
         try:

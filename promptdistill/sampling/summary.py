@@ -36,6 +36,8 @@ class SampleSummary:
     price_out: float | None = None
     written: int = 0  # requests written to a batch file (`--write-batch-file`)
     batches_open: int = 0  # batches left running on the server (resume by rerunning)
+    # per endpoint when there are several: (base URL, requests, answers, errors, times out)
+    endpoints: list[tuple[str, int, int, int, int]] = field(default_factory=list)
     rows: list[tuple[str, str]] = field(default_factory=list)  # what a batch mode adds
 
     @property
@@ -60,6 +62,11 @@ def summary_table(summary: SampleSummary) -> Table:
         t.add_row("concurrency (lowest after 429s)", f"{summary.min_concurrency}")
     for name, value in summary.rows:
         t.add_row(name, value)
+    if summary.endpoints:
+        t.add_row("endpoints", f"{len(summary.endpoints)}, each request to the least busy")
+    for url, requests, answers, errors, out in summary.endpoints:
+        t.add_row(f"  {url}", f"{requests} requests, {answers} answers, {errors} errors"
+                  + (f", taken out {out}x" if out else ""))  # fmt: skip
     cost = cost_row((summary.input_tokens, summary.output_tokens),
                     (summary.batch_input_tokens, summary.batch_output_tokens),
                     summary.price_in, summary.price_out)  # fmt: skip
