@@ -10,13 +10,13 @@ prompts that got no answer are free to be asked again.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import orjson
 
 from promptdistill.clients.batches import TERMINAL, BatchInfo
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import atomic_write_json
+from promptdistill.core.io import atomic_write_bytes
 from promptdistill.core.rundir import RunDir
 
 
@@ -98,8 +98,7 @@ class BatchState:
         return {i for b in self.open() for i in b.ids}
 
     def save(self) -> None:
-        atomic_write_json(
-            self.run.batches,
-            {"endpoint": self.endpoint, "model": self.model,
-             "batches": [asdict(b) for b in self.batches]},
-        )  # fmt: skip
+        # orjson writes the dataclasses itself: asdict() would deep-copy every id list (1 s
+        # per save at 50,000 ids on the dev machine)
+        data = {"endpoint": self.endpoint, "model": self.model, "batches": self.batches}
+        atomic_write_bytes(self.run.batches, orjson.dumps(data) + b"\n")
