@@ -13,6 +13,7 @@ from fixtures_openai import (
     answer,
     cli_args,
     cli_env,
+    one_line_error,
     run_cli,
     samples,
     user_prompt,
@@ -21,13 +22,6 @@ from fixtures_openai import (
 )
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode not in (0, 1) and "Traceback" not in result.stderr, result
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def _start_process_server(latency: float) -> tuple[subprocess.Popen[str], str]:
@@ -81,7 +75,7 @@ def test_no_endpoint_reachable_is_one_line(tmp_path: Path) -> None:
     persona = write_persona(tmp_path)
     dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
     result = run_cli(cli_args(persona, tmp_path / "run", 5, dead[0], "--base-url", dead[1]))
-    line = _one_line_error(result)
+    line = one_line_error(result, 3)
     assert "none of the 2 endpoints can be reached" in line and "--base-url" in line
 
 
@@ -89,15 +83,15 @@ def test_bad_url_files_name_the_line(tmp_path: Path) -> None:
     persona = write_persona(tmp_path)
     bad = tmp_path / "urls.txt"
     bad.write_text("http://127.0.0.1:9/v1\nhttp://127.0.0.1:10/v1 many\n")
-    line = _one_line_error(run_cli(cli_args(persona, tmp_path / "r", 5, str(bad))))
+    line = one_line_error(run_cli(cli_args(persona, tmp_path / "r", 5, str(bad))), 2)
     assert f"{bad}:2" in line and "URL N" in line
     twice = run_cli(
         cli_args(persona, tmp_path / "r", 5, "http://h:1/v1", "--base-url", "http://h:1")
     )
-    assert "listed twice" in _one_line_error(twice)
+    assert "listed twice" in one_line_error(twice, 2)
     batch = run_cli(cli_args(persona, tmp_path / "r", 5, "http://h:1/v1", "--base-url",
                              "http://h:2/v1", "--batch-api"))  # fmt: skip
-    assert "--batch-api takes one --base-url" in _one_line_error(batch)
+    assert "--batch-api takes one --base-url" in one_line_error(batch, 2)
 
 
 def test_pool_least_busy_first_out_on_refusal_back_after_a_probe() -> None:

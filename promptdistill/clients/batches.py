@@ -55,11 +55,17 @@ class BatchClient:
     """One endpoint's files and batches. `async with BatchClient(...) as c:` closes it."""
 
     def __init__(
-        self, base_url: str, api_key: str | None, timeout_s: float = 600.0, max_retries: int = 5
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout_s: float = 600.0,
+        max_retries: int = 5,
+        key_source: str | None = None,  # where the key came from, for a 401 (clients/keys.py)
     ) -> None:
         url = normalize_base_url(base_url)
         self.public_url = redact_url(url)
         self._key = api_key
+        self._key_source = key_source
         # servers without keys (vLLM) take any; "EMPTY" is vLLM's own placeholder
         self._client = AsyncOpenAI(
             base_url=url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=max_retries
@@ -117,10 +123,11 @@ class BatchClient:
         except openai.APIConnectionError as e:  # includes timeouts
             raise BatchUnavailable(f"cannot {what} {where}: {self._clean(e)}") from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            source = f" from {self._key_source}" if self._key_source else ""
             raise UserError(
-                f"{where} answered {e.status_code} ({self._clean(e)}): the API key was refused; "
-                "set a valid key in $OPENAI_API_KEY, or name its variable with --api-key-env or "
-                "its file with --api-key-file"
+                f"{where} answered {e.status_code} ({self._clean(e)}): the API key{source} was "
+                "refused; set a valid key in $OPENAI_API_KEY, or name its variable with "
+                "--api-key-env or its file with --api-key-file"
             ) from None
         except openai.NotFoundError as e:
             raise UserError(

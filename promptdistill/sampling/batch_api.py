@@ -24,6 +24,7 @@ import contextlib
 import time
 
 from promptdistill.clients.batches import BatchClient, BatchUnavailable
+from promptdistill.clients.keys import key_source
 from promptdistill.core.errors import UserError
 from promptdistill.core.redact import redact_url
 from promptdistill.sampling.batch_lines import (
@@ -81,7 +82,8 @@ class _BatchRun:
         t = work.config.teacher
         if t.base_url is None:
             raise UserError("--batch-api needs --base-url: the endpoint with /v1/batches")
-        self.client = BatchClient(t.base_url, work.api_key)
+        source = key_source(t) if work.api_key else None
+        self.client = BatchClient(t.base_url, work.api_key, key_source=source)
         self.state = BatchState.load(work.run, self.client.public_url, t.model)
         self.pending: dict[str, Job] = {j.id: j for j in work.jobs}  # unanswered
         self.stop = asyncio.Event()
