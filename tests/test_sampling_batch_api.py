@@ -148,8 +148,9 @@ def test_kill_9_while_polling_then_rerun_submits_nothing_again(tmp_path: Path) -
     assert "resuming" in result.stdout
     _all_answered(run, 33)
     assert max(asked.values()) == 1 and len(asked) == 33
-    # the rerun uploaded only what the killed command had not uploaded, and made no batch twice
-    assert after[0] == 2 and after[1] == 2 and before[0] >= 1
+    # no batch twice; a file the killed command uploaded but had not recorded yet is uploaded
+    # again (the orphan is never made a batch: the server drops it after 30 days)
+    assert after[0] == 2 and 2 <= after[1] <= 3 and before[0] >= 1
 
 
 @pytest.mark.slow
