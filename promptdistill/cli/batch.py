@@ -145,7 +145,7 @@ def print_batch_outcome(
             f"{summary.batches_open} batches keep running on the server. Collect them later: "
             f"{shlex.join(again)}\nor cancel them: {shlex.join([*again, '--cancel-batches'])}"
         )
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (summary.stop_signal or 2))  # SIGINT 130, SIGTERM 143
     return False
 
 
