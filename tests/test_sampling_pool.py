@@ -92,6 +92,9 @@ def test_bad_url_files_name_the_line(tmp_path: Path) -> None:
     batch = run_cli(cli_args(persona, tmp_path / "r", 5, "http://h:1/v1", "--base-url",
                              "http://h:2/v1", "--batch-api"))  # fmt: skip
     assert "--batch-api takes one --base-url" in one_line_error(batch, 2)
+    missing = run_cli(cli_args(persona, tmp_path / "r", 5, str(tmp_path / "replicas.txt")))
+    assert "there is no file" in one_line_error(missing, 2)
+    assert not (tmp_path / "r").exists()  # nothing created for a bad flag
 
 
 def test_pool_least_busy_first_out_on_refusal_back_after_a_probe() -> None:

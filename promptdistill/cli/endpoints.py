@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from promptdistill.clients.endpoint import normalize_base_url
+from promptdistill.clients.base_url import normalize_base_url
 from promptdistill.core.errors import UserError
 from promptdistill.core.redact import redact_url
 
@@ -35,7 +35,12 @@ def parse_base_urls(values: list[str] | None) -> tuple[str | None, list[dict[str
     found: list[tuple[str, int | None, str]] = []  # url, concurrency, where it was given
     for value in values:
         if value.startswith(("http://", "https://")) or not Path(value).is_file():
-            normalize_base_url(value)  # not a URL and not a file: the URL's own message
+            try:
+                normalize_base_url(value)
+            except UserError as e:
+                if "://" in value:
+                    raise
+                raise UserError(f"{e}, or a file of URLs (there is no file {value})") from None
             found.append((value, None, "--base-url"))
         else:
             found += _read_file(Path(value))
