@@ -79,6 +79,11 @@ def test_split_batches_error_lines_asked_again_shuffled_output(tmp_path: Path) -
     for path in run.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+    with start_fake_server(api_key=KEY, batches=FakeBatches()) as server:
+        nothing = run_cli([*cli_args(persona, run, 20, server.base_url), "--cancel-batches"],
+                          OPENAI_API_KEY=KEY)  # fmt: skip
+    assert nothing.returncode == 0 and "nothing to cancel" in nothing.stdout
+    assert "cancelled batches keep" not in nothing.stdout
 
 
 @pytest.mark.parametrize("fallback", ["batch", "online"])
@@ -181,3 +186,26 @@ def test_ctrl_c_leaves_batches_running_cancel_then_collect(tmp_path: Path) -> No
     assert collect.returncode == 0, collect.stdout + collect.stderr
     _all_answered(run, 23)
     assert len(created) == 2 and max(asked.values()) == 1  # what the cancelled one answered stays
+
+
+def test_online_summary_prices_a_known_model_and_what_the_batch_api_would_cost(
+    tmp_path: Path,
+) -> None:
+    """Without --price-in/--price-out, a dated snapshot of a listed model gets its list price;
+    the online summary says what the same answers would cost through --batch-api (half)."""
+    from promptdistill.sampling.cost import LIST_PRICES
+
+    persona = write_persona(tmp_path)
+    model = "gpt-4o-mini-2024-07-18"
+    with start_fake_server(models=(model,)) as server:
+        args = cli_args(persona, tmp_path / "run", 5, server.base_url)
+        args[args.index("fake-teacher")] = model
+        result = run_cli(args, COLUMNS="200")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.replace("│", " ").split())
+    records = samples(tmp_path / "run")
+    n_in = sum(r["usage"]["prompt_tokens"] for r in records)
+    n_out = sum(r["usage"]["completion_tokens"] for r in records)
+    p_in, p_out = LIST_PRICES["gpt-4o-mini"]
+    online = (n_in * p_in + n_out * p_out) / 1e6
+    assert f"cost (online prices) ${online:.4f} (by --batch-api: ${online / 2:.4f})" in out, out

@@ -9,7 +9,16 @@ from pathlib import Path
 import orjson
 from fake_batches import FakeBatches
 from fake_openai import Fault, start_fake_server
-from fixtures_openai import answer, cli_args, failures, run_cli, samples, user_prompt, write_persona
+from fixtures_openai import (
+    answer,
+    cli_args,
+    failures,
+    one_line_error,
+    run_cli,
+    samples,
+    user_prompt,
+    write_persona,
+)
 
 
 def _offline_args(persona: Path, run: Path, n: int, *extra: str) -> list[str]:
@@ -95,3 +104,9 @@ def test_batch_file_errors_are_one_line(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "no prompt of this run" in wrong.stderr
     no_model = run_cli([*_offline_args(persona, run, 5)[:-2], "--write-batch-file", "f.jsonl"])
     assert no_model.returncode == 2 and "--write-batch-file needs --model" in no_model.stderr
+    fresh = tmp_path / "fresh"
+    turns = run_cli(
+        _offline_args(persona, fresh, 5, "--write-batch-file", "f.jsonl", "--turns", "2")
+    )
+    assert "cannot be asked in a batch" in one_line_error(turns, 2)
+    assert not fresh.exists()  # refused before the run is created

@@ -82,9 +82,9 @@ def batch_flags(
 
 def check_batch_flags(
     write: Path | None, read: Path | None, cancel: bool, batch_api: bool | None,
-    base_urls: list[str] | None, model: str | None,
+    base_urls: list[str] | None, model: str | None, turns: int | None = None,
 ) -> None:  # fmt: skip
-    """One batch command at a time, with what it needs."""
+    """One batch command at a time, with what it needs (checked before the run is created)."""
     given = [name for name, on in (("--write-batch-file", write), ("--read-batch-file", read),
                                    ("--cancel-batches", cancel)) if on]  # fmt: skip
     if len(given) > 1:
@@ -95,6 +95,13 @@ def check_batch_flags(
             "is to answer it (e.g. the one `vllm run-batch --model M` serves)"
         )
     flag = "--cancel-batches" if cancel else "--batch-api"
+    batch = next((f for f, on in (("--write-batch-file", write), ("--read-batch-file", read),
+                                  ("--batch-api", batch_api)) if on), None)  # fmt: skip
+    if batch is not None and turns is not None and turns > 1:  # batch_run.py says it again
+        raise UserError(
+            f"--turns {turns} with {batch}: a conversation's next turn is written from the "
+            "teacher's answer, so it cannot be asked in a batch; sample it online"
+        )
     if (batch_api or cancel) and not base_urls:
         raise UserError(
             f"{flag} needs --base-url (and --model): the endpoint with /v1/files and "
@@ -114,6 +121,11 @@ def print_batch_outcome(
     if cancel:
         collect = _without(again, "--cancel-batches", value=False)
         online = _without(collect, "--batch-api", value=False)
+        if not summary.batches_cancelled and not summary.batches_open:
+            console.print("no batch of this run is running: nothing to cancel")
+            if not summary.complete:
+                console.print(f"ask the rest with:\n  {shlex.join(collect)}")
+            return True
         console.print(
             "cancelled batches keep what they answered so far; collect it (and ask the rest "
             f"in a new batch) with:\n  {shlex.join(collect)}\nor ask the rest online:\n  "

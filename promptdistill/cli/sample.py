@@ -106,7 +106,9 @@ def sample(  # long: one parameter per flag
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")
     # parse_base_urls checked every URL before anything is created (issue #16)
-    check_batch_flags(write_batch_file, read_batch_file, cancel_batches, batch_api, urls, model)
+    check_batch_flags(
+        write_batch_file, read_batch_file, cancel_batches, batch_api, urls, model, turns
+    )
     loaded = load_persona(persona, data_roots(data_dir))
     flags = {
         "persona": persona,

@@ -69,7 +69,10 @@ def cancel_batches(work: BatchWork) -> None:
                 else:
                     work.say(f"batch {b.batch_id} is {b.status} already: nothing to cancel")
                 run.state.save()
-        work.summary.rows.append(("batches cancelled", str(cancelled)))
+        s = work.summary
+        s.rows.append(("batches cancelled", str(cancelled)))
+        s.batches_cancelled, s.batches_open = cancelled, len(run.state.open())
+        s.pending = s.requested - s.answered_before - s.failed
         if not run.state.open():
             work.say(f"no open batches recorded in {work.run.batches}")
 

@@ -36,6 +36,7 @@ class SampleSummary:
     price_out: float | None = None
     written: int = 0  # requests written to a batch file (`--write-batch-file`)
     batches_open: int = 0  # batches left running on the server (resume by rerunning)
+    batches_cancelled: int = 0  # by `--cancel-batches`
     # per endpoint when there are several: (base URL, requests, answers, errors, times out)
     endpoints: list[tuple[str, int, int, int, int]] = field(default_factory=list)
     rows: list[tuple[str, str]] = field(default_factory=list)  # what a batch mode adds
