@@ -98,10 +98,13 @@ class FakeOpenAI:
     responder: Callable[[list[dict[str, Any]]], str] | None = None
     lm: tuple[Any, Any] | None = None  # (model, tokenizer): a tiny real model answers
     ignore_logprobs: bool = False
+    # /v1/files and /v1/batches, when set (a fake_batches.FakeBatches)
+    batches: Any = None
     # filled in while running
     base_url: str = ""
     port: int = 0
     asked: Counter[str] = field(default_factory=Counter)
+    bodies: dict[str, dict[str, Any]] = field(default_factory=dict)  # last request per prompt
     arrivals: list[Arrival] = field(default_factory=list)
     in_flight: int = 0
     max_seen_in_flight: int = 0
@@ -139,7 +142,10 @@ class FakeOpenAI:
     # ----------------------------------------------------------------------- app
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # batch input files are up to 200 MB (aiohttp's default cap on a request body is 1 MB)
+        app = web.Application(client_max_size=512 * 1024 * 1024)
+        if self.batches is not None:
+            self.batches.add_routes(app, self)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
@@ -184,6 +190,7 @@ class FakeOpenAI:
         if self.record:
             self.arrivals.append(arrival)
             self.asked[prompt] += 1
+            self.bodies[prompt] = body
 
         auth = request.headers.get("Authorization")
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
@@ -255,6 +262,32 @@ class FakeOpenAI:
         model = body.get("model", "")
         if self.lm is not None:
             return self._lm_answer(body, messages, arrival)
+        payload_data, finish, usage = self.completion(body, messages, prompt, kind)
+        content = payload_data["choices"][0]["message"]["content"]
+        arrival.tokens = usage["total_tokens"]
+        if kind == "ok" and finish == "length":
+            arrival.outcome = "length"
+
+        if body.get("stream"):
+            return await self._stream(request, body, model, content, finish, usage)
+        payload = orjson.dumps(payload_data)
+        if kind == "truncate":
+            resp = web.StreamResponse(
+                headers={"Content-Type": "application/json", "Content-Length": str(len(payload))}
+            )
+            await resp.prepare(request)
+            await resp.write(payload[: len(payload) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return web.Response(body=payload, content_type="application/json")
+
+    def completion(
+        self, body: dict[str, Any], messages: list[dict[str, Any]], prompt: str, kind: str
+    ) -> tuple[dict[str, Any], str, dict[str, int]]:
+        """The chat completion for a request (no transport faults): (body, finish, usage).
+        `kind` is a fault kind that shapes the answer (empty, length, content_filter) or "ok".
+        Also what the batch routes answer each line with (fake_batches.py)."""
         content = self.responder(messages) if self.responder else f"answer to: {prompt}"
         words = content.split()
         if len(words) < self.answer_words:
@@ -278,38 +311,21 @@ class FakeOpenAI:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        arrival.tokens = usage["total_tokens"]
-        if kind == "ok" and finish == "length":
-            arrival.outcome = "length"
-
-        if body.get("stream"):
-            return await self._stream(request, body, model, content, finish, usage)
-        payload = orjson.dumps(
-            {
-                "id": f"chatcmpl-{self.requests}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": usage,
-            }
-        )
-        if kind == "truncate":
-            resp = web.StreamResponse(
-                headers={"Content-Type": "application/json", "Content-Length": str(len(payload))}
-            )
-            await resp.prepare(request)
-            await resp.write(payload[: len(payload) // 2])
-            assert request.transport is not None
-            request.transport.close()
-            return resp
-        return web.Response(body=payload, content_type="application/json")
+        data = {
+            "id": f"chatcmpl-{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage,
+        }
+        return data, finish, usage
 
     def _lm_answer(
         self, body: dict[str, Any], messages: list[dict[str, Any]], arrival: Arrival
@@ -507,10 +523,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--model", action="append", default=None)
     ap.add_argument("--record", action="store_true", help="keep per-request records")
+    ap.add_argument("--max-in-flight", type=int, default=None, help="429 above this")
+    ap.add_argument(
+        "--batches", type=float, default=None, metavar="S",
+        help="also serve /v1/files and /v1/batches; each batch takes S seconds",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     server = FakeOpenAI(
-        latency=args.latency, models=tuple(args.model or ["fake-teacher"]), record=args.record
-    )
+        latency=args.latency, models=tuple(args.model or ["fake-teacher"]), record=args.record,
+        max_in_flight=args.max_in_flight,
+    )  # fmt: skip
+    if args.batches is not None:
+        from fake_batches import BatchPlan, FakeBatches
+
+        server.batches = FakeBatches([BatchPlan(in_progress_s=args.batches)])
     sock = _bind(args.port)
     print(f"PORT {sock.getsockname()[1]}", flush=True)
 

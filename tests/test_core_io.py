@@ -108,7 +108,8 @@ def test_run_dir_names_every_file_and_knows_the_trained_student(tmp_path: Path) 
     from promptdistill.core.rundir import STAGE_FILES
 
     run = RunDir(tmp_path / "run").create()
-    named = {p.name for p in (run.samples, run.failures, run.system_prompts, run.datums,
+    named = {p.name for p in (run.samples, run.failures, run.system_prompts, run.batches,
+                              run.datums,
                               run.checkpoints,
                               run.adapter, run.metrics, run.loss_png, run.report_json,
                               run.report_md, run.report_answers)}  # fmt: skip

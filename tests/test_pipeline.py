@@ -151,3 +151,27 @@ def test_bad_run_config_file_names_file_and_field(tmp_path: Path) -> None:
                   Path(__file__).resolve().parent.parent)  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"{cfg_file}:2" in result.stderr and "train.lr" in result.stderr
+
+
+def test_run_batch_api_samples_through_batches_then_trains(setup: tuple[Path, Path]) -> None:
+    from fake_batches import FakeBatches
+
+    root, student = setup
+    run = root / "runs" / "batched"
+    cheap = root / "cheap-batch.yaml"
+    cheap.write_text(
+        "sample:\n  batch:\n    poll_s: 0.05\n"
+        "eval:\n  max_new_tokens: 8\n  latency_requests: 0\n  classifier_train: 4\n"
+    )
+    with start_fake_server(answer_words=12, batches=FakeBatches()) as server:
+        common = ["run", "tiny", "--run", str(run), "--base-url", server.base_url, "--model",
+                  "fake-teacher", "--student", str(student), "--steps", "2", "-n", "12",
+                  "--max-heldout", "4", "--no-judge", "--config", str(cheap)]  # fmt: skip
+        both = _run([*common, "--batch-api", "--stream"], root)
+        assert both.returncode == 2 and "--batch-api and --stream" in both.stderr
+        result = _run([*common, "--batch-api"], root)
+        chat_requests = len(server.arrivals)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(server.batches.created) == 1 and len(_lines(run / "samples.jsonl")) == 16
+    assert (run / "batches.json").exists() and (run / "report.json").exists()
+    assert chat_requests == 0  # every teacher answer came from the batch (eval: no latency probe)

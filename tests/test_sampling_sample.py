@@ -23,21 +23,11 @@ from fixtures_openai import (
     run_cli,
     samples,
     user_prompt,
+    wait_for_lines,
     write_persona,
 )
 
 KEY = "sk-PROMPTDISTILL-TEST-KEY-5f2b8c41"
-
-
-def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the CLI exited early: {proc.communicate()}")
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never reached {n} lines")
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -92,7 +82,7 @@ def test_kill_9_then_rerun_gives_exactly_n_samples_without_asking_twice(tmp_path
         proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env()
         )
-        _wait_for_lines(run / "samples.jsonl", 60, proc)
+        wait_for_lines(run / "samples.jsonl", 60, proc)
         proc.kill()  # SIGKILL
         proc.wait()
         before = len(samples(run))
@@ -160,7 +150,7 @@ def test_sigint_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: 
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
         )
-        _wait_for_lines(run / "samples.jsonl", 8, proc)
+        wait_for_lines(run / "samples.jsonl", 8, proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 130, (out, err)
@@ -286,7 +276,7 @@ def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path) -> Non
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
         )
-        _wait_for_lines(run / "samples.jsonl", 8, proc)
+        wait_for_lines(run / "samples.jsonl", 8, proc)
         proc.send_signal(signal.SIGTERM)  # what `kill` and `timeout` send
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 143, (out, err)

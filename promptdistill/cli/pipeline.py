@@ -9,11 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags
 from promptdistill.cli.common import DataDir, Turns, stderr, stdout
+from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
 from promptdistill.core.errors import UserError
 
 
-def run_command(
+def run_command(  # long: one parameter per flag
     persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
     run_dir: Annotated[
         str | None, typer.Option("--run", help="Run directory (default: runs/PERSONA[-PRESET]).")
@@ -25,9 +27,7 @@ def run_command(
         Path | None, typer.Option("--config", help="Run config YAML: sample/train/eval sections.")
     ] = None,
     n: Annotated[int | None, typer.Option("-n", "--n", min=1, help="Prompts to sample.")] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="Teacher endpoint; leave out for the local teacher.")
-    ] = None,
+    urls: BaseUrls = None,
     model: Annotated[str | None, typer.Option(help="Teacher model name.")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
     api_key_file: Annotated[str | None, typer.Option(help="File holding the API key.")] = None,
@@ -65,6 +65,8 @@ def run_command(
     price_out: Annotated[float | None, typer.Option(help="USD per million output tokens.")] = None,
     turns: Turns = None,
     data_dir: DataDir = None,
+    batch_api: BatchApi = None,
+    batch_fallback: BatchFallback = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -86,14 +88,18 @@ def run_command(
     from promptdistill.pipeline.run import run_pipeline
 
     loaded = load_persona(persona, data_roots(data_dir))
+    base_url, endpoints = parse_base_urls(urls)
     flags: dict[str, Any] = {
         "sample": {
             "n": n, "logprobs": logprobs, "turns": turns,
             "data_dir": recorded_data_dir(persona, loaded, data_dir),
+            "price_in": price_in, "price_out": price_out,
+            "batch": batch_flags(batch_api, batch_fallback, None, None),
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
-                "base_url": base_url, "model": model, "api_key_env": api_key_env,
-                "api_key_file": api_key_file, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
+                "base_url": base_url, "endpoints": endpoints, "model": model,
+                "api_key_env": api_key_env, "api_key_file": api_key_file,
+                "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
             },
         },
         "student": {"model": student, "dtype": dtype},
@@ -110,9 +116,16 @@ def run_command(
     }  # fmt: skip
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")
+    if batch_api and len(urls or []) > 1:
+        raise UserError("--batch-api takes one --base-url: the endpoint that holds the batches")
     cfg = resolve_config(
         persona, preset, config_file, flags, loaded.persona.sampling.model_dump(exclude_none=True)
     )
+    if cfg.sample.batch.api and cfg.stream:
+        raise UserError(
+            "--batch-api and --stream: a batch's answers come all at once, hours later; "
+            "drop one of them (a --batch-api run trains once every batch is merged)"
+        )
     name = loaded.name + (f"-{cfg.preset}" if cfg.preset else "")
     run = RunDir(run_dir or Path("runs") / name)
     console = stdout()

@@ -7,21 +7,30 @@ from typing import Annotated
 
 import typer
 
+from promptdistill.cli.batch import (
+    BatchApi,
+    BatchFallback,
+    BatchMaxRequests,
+    BatchPoll,
+    CancelBatches,
+    PriceIn,
+    PriceOut,
+    ReadBatchFile,
+    WriteBatchFile,
+    batch_flags,
+    check_batch_flags,
+    print_batch_outcome,
+)
 from promptdistill.cli.common import DataDir, Turns, stdout
+from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
 from promptdistill.core.errors import UserError
 
 
-def sample(
+def sample(  # long: one parameter per flag
     persona: Annotated[str, typer.Argument(help="Persona name (under personas/) or .yaml path.")],
     run_dir: Annotated[str, typer.Option("--run", help="Run directory (created if missing).")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="Training prompts to answer.")],
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (a bare host gets "
-            "/v1 added). Leave out to start the embedded local teacher."
-        ),
-    ] = None,
+    urls: BaseUrls = None,
     model: Annotated[
         str | None, typer.Option(help="Teacher model name (required with --base-url).")
     ] = None,
@@ -70,6 +79,15 @@ def sample(
         float,
         typer.Option(min=0.1, help="Seconds between progress lines when stdout is not a terminal."),
     ] = 5.0,
+    write_batch_file: WriteBatchFile = None,
+    read_batch_file: ReadBatchFile = None,
+    batch_api: BatchApi = None,
+    batch_fallback: BatchFallback = None,
+    cancel_batches: CancelBatches = False,
+    batch_poll: BatchPoll = None,
+    batch_max_requests: BatchMaxRequests = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
 ) -> None:
     """Ask the teacher to answer N prompts of PERSONA; store them in RUN/samples.jsonl.
 
@@ -77,7 +95,6 @@ def sample(
     """
     import shlex
 
-    from promptdistill.clients.endpoint import normalize_base_url
     from promptdistill.core.config import SampleConfig
     from promptdistill.core.merge import merge, validate
     from promptdistill.core.rundir import RunDir
@@ -85,10 +102,13 @@ def sample(
     from promptdistill.sampling.sample import sample_run
     from promptdistill.sampling.summary import summary_table
 
+    base_url, endpoints = parse_base_urls(urls)
     if base_url is not None and model is None:
         raise UserError("--model is required with --base-url (the teacher model's name)")
-    if base_url is not None:
-        normalize_base_url(base_url)  # before anything is created (issue #16)
+    # parse_base_urls checked every URL before anything is created (issue #16)
+    check_batch_flags(
+        write_batch_file, read_batch_file, cancel_batches, batch_api, urls, model, turns
+    )
     loaded = load_persona(persona, data_roots(data_dir))
     flags = {
         "persona": persona,
@@ -98,10 +118,14 @@ def sample(
         "logprobs": logprobs,
         "turns": turns,
         "data_dir": recorded_data_dir(persona, loaded, data_dir),
+        "price_in": price_in,
+        "price_out": price_out,
+        "batch": batch_flags(batch_api, batch_fallback, batch_poll, batch_max_requests),
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {
-            "base_url": base_url, "model": model, "api_key_env": api_key_env,
+            "base_url": base_url, "endpoints": endpoints, "model": model,
+            "api_key_env": api_key_env,
             "api_key_file": api_key_file, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
             "timeout_s": timeout, "max_retries": max_retries,
         },
@@ -111,14 +135,27 @@ def sample(
     )
     console = stdout()
     # sample_run checks what it can, then creates the run and holds its lock (core/rundir.py)
+    batches = None
+    if write_batch_file or read_batch_file or cancel_batches or config.batch.api:
+        from promptdistill.sampling.batch_run import BatchAction, batch_runner
+
+        action = (BatchAction("write", write_batch_file) if write_batch_file
+                  else BatchAction("read", read_batch_file) if read_batch_file
+                  else BatchAction("cancel") if cancel_batches else None)  # fmt: skip
+        batches = batch_runner(action)
     summary = sample_run(
-        config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded
-    )
+        config, RunDir(run_dir), console=console, log_every_s=log_every, persona=loaded,
+        batches=batches,
+    )  # fmt: skip
     console.print(summary_table(summary))
+    argv = ["promptdistill", *sys.argv[1:]]
+    if print_batch_outcome(console, summary, write_batch_file, read_batch_file, cancel_batches,
+                           argv):  # fmt: skip
+        return
     if summary.complete:
         console.print(f"all {summary.requested} prompts answered: {RunDir(run_dir).samples}")
         return
-    again = shlex.join(["promptdistill", *sys.argv[1:]])
+    again = shlex.join(argv)
     if summary.interrupted:
         console.print(f"interrupted; everything answered is saved. Resume with: {again}")
         raise typer.Exit(128 + (summary.stop_signal or 2))

@@ -9,13 +9,9 @@ Why raw aiohttp and not the openai SDK: on the dev machine (512 in flight, 0.5 s
 while aiohttp + orjson raw reached 942 (docs/DEVELOPERS.md). We also want our own retries only,
 so nothing is retried twice (the SDK retries 2 times by default).
 
-Every failure is turned into one of three exceptions, so the engine decides by type, not by
-inspecting status codes:
-- `RetryableError`: 429, 408, 409, 5xx, timeouts, dropped connections, truncated or malformed
-  bodies, and (bounded, `kind="content"`) empty or content-filtered answers;
-- `PromptError`: this prompt cannot be answered (400, 413, 422, other 4xx); record and go on;
-- `FatalError`: no prompt can be answered (401, 403, 404, 405, 429 `insufficient_quota`); stop
-  the run at once.
+Every failure is turned into one of three exceptions (`RetryableError`, `PromptError`,
+`FatalError`), so the engine decides by type, not by status code: clients/answers.py, which
+also checks every answer (it is shared with answers read from batch files, issue #15).
 
 Base URL: like the OpenAI SDK's `base_url`, it is the prefix *before* `/chat/completions`, so
 `https://api.openai.com/v1` and `http://localhost:8000/v1` are what users pass. A bare host
@@ -37,92 +33,31 @@ from typing import Any
 import aiohttp
 import orjson
 
-from promptdistill.clients.base_url import endpoint_url, normalize_base_url
-from promptdistill.clients.waits import (
-    MAX_RETRY_AFTER_S,
-    asked_wait,
-    error_message,
-    parse_retry_after,
+from promptdistill.clients.answers import (
+    ChatResult,
+    FatalError,
+    PromptError,
+    RetryableError,
+    TransportError,
+    compact_logprobs,
+    parse_completion,
+    raise_for_status,
 )
+from promptdistill.clients.base_url import endpoint_url, normalize_base_url
+from promptdistill.clients.waits import MAX_RETRY_AFTER_S, error_message, parse_retry_after
 from promptdistill.core.redact import redact, redact_url
 
 # re-exported: callers import them from here
-__all__ = ["MAX_RETRY_AFTER_S", "endpoint_url", "normalize_base_url", "parse_retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER_S", "ChatResult", "FatalError", "PromptError", "RetryableError",
+    "TransportError", "compact_logprobs", "endpoint_url", "normalize_base_url",
+    "parse_completion", "parse_retry_after", "raise_for_status",
+]  # fmt: skip
 
 # `transformers serve` refuses a model name other than the one it is pinned to (the local
 # teacher's is `smollm2-135m`, clients/local_server.py); when the name asked for is a path to a
 # directory of that name, the client sends the pinned name instead (issue #14)
 PINNED = re.compile(r"Server is pinned to '(?P<pinned>[^']+)'; requested '(?P<asked>[^']+)'")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class TransportError(Exception):
-    """Base of the request errors. Messages never contain the API key (see `Transport._error`).
-    An HTTP error keeps the `status` and the server's own `detail`, so a caller can word it
-    for its own display (the REPL's panel) while sampling shows the message as it is."""
-
-    status: int | None = None
-    detail: str = ""
-
-
-class RetryableError(TransportError):
-    """Worth asking again. `retry_after` (seconds) comes from the server's headers, if any.
-
-    kind: "rate_limit" (429), "server" (408, 409, 5xx), "timeout", "dropped" (connection lost
-    mid-request), "unreachable" (could not connect), "body" (truncated or malformed), "content"
-    (empty answer or content filter: retried only a few times).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        kind: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-        asked_wait: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-        self.retry_after = retry_after
-        self.asked_wait = asked_wait  # the server's own retry-after header, as it sent it
-
-
-class PromptError(TransportError):
-    """The endpoint refuses this one prompt (e.g. 400: too long); other prompts may work."""
-
-    def __init__(self, message: str, status: int | None = None, kind: str = "refused") -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-
-
-class FatalError(TransportError):
-    """No prompt can succeed (bad key, unknown model or URL). The message says what to do."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(slots=True, kw_only=True)
-class ChatResult:
-    content: str
-    finish_reason: str | None
-    usage: dict[str, Any]
-    latency_s: float
-    model: str | None
-    # with `logprobs: true, top_logprobs: K`: per answer token [token, logprob, [[alt, lp], ...]]
-    logprobs: list[list[Any]] | None = None
-    # with vLLM's `prompt_logprobs: K`: per prompt token {token id: {"logprob": ...}} (None for
-    # the first), and the prompt's token ids
-    prompt_logprobs: list[Any] | None = None
-    prompt_token_ids: list[int] | None = None
 
 
 # --------------------------------------------------------------------------- transport
@@ -335,53 +270,9 @@ class Transport:
         return RetryableError(self._error(f"connection error: {e}"), "dropped")
 
     def _raise_for_status(self, status: int, raw: bytes, headers: Any) -> None:
-        detail = self._error(error_message(raw))
-        try:
-            self._classify(status, detail, raw, headers)
-        except TransportError as e:
-            e.status, e.detail = status, detail
-            raise
-
-    def _classify(self, status: int, detail: str, raw: bytes, headers: Any) -> None:
-        said = f" ({detail})" if detail else ""
-        where = self.public_url
-        if status == 429 and b"insufficient_quota" in raw:
-            # OpenAI's "exceeded your current quota" is a 429 too, but waiting will not help
-            raise FatalError(
-                f"{where} answered 429{said}: the account's quota is used up; check its plan "
-                "and billing, then rerun the same command to go on"
-            )
-        if status == 429:
-            raise RetryableError(
-                f"429 rate limited: {detail}", "rate_limit", status, parse_retry_after(headers),
-                asked_wait(headers),
-            )  # fmt: skip
-        if status in (408, 409) or status >= 500:
-            raise RetryableError(
-                f"{status} from the endpoint: {detail}",
-                "server",
-                status,
-                parse_retry_after(headers),
-                asked_wait(headers),
-            )
-        if status in (401, 403) and self.key_source is not None:
-            raise FatalError(
-                f"{where} answered {status}{said}: the API key from {self.key_source} was "
-                "refused; put a valid key there, or name another variable with --api-key-env "
-                "or another file with --api-key-file"
-            )
-        if status in (401, 403):
-            raise FatalError(
-                f"{where} answered {status}{said}: the API key was refused; set a valid key "
-                "in $OPENAI_API_KEY, or name its variable with --api-key-env or its file with "
-                "--api-key-file"
-            )
-        if status in (404, 405):
-            raise FatalError(
-                f"{where} answered {status}{said}: check --model and --base-url "
-                "(the base URL usually ends in /v1, e.g. http://localhost:8000/v1)"
-            )
-        raise PromptError(f"{status}: {detail}", status)
+        raise_for_status(
+            status, raw, headers, self.public_url, [self._api_key], key_source=self.key_source
+        )
 
     def _parse_scored(self, raw: bytes, latency: float) -> ChatResult:
         """A request that scores a given answer (`prompt_logprobs`, `max_tokens` 1): its
@@ -403,37 +294,7 @@ class Transport:
         )  # fmt: skip
 
     def _parse(self, raw: bytes, latency: float, logprobs: bool = False) -> ChatResult:
-        try:
-            data = orjson.loads(raw)
-            choice = data["choices"][0]
-            message = choice.get("message") or {}
-            content = message.get("content")
-            finish_reason = choice.get("finish_reason")
-            usage = data.get("usage") or {}
-            tokens = ((choice.get("logprobs") or {}).get("content")) if logprobs else None
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-            raise RetryableError(
-                "malformed response body (not an OpenAI chat completion)", "body"
-            ) from None
-        if finish_reason == "content_filter":
-            raise RetryableError("the endpoint's content filter withheld the answer", "content")
-        if not isinstance(content, str) or not content.strip():
-            raise RetryableError("empty answer", "content")
-        if logprobs and not tokens:
-            raise FatalError(
-                f"{self.public_url} answered without the logprobs that --logprobs asked for "
-                "(`transformers serve` ignores `logprobs`); use an endpoint that returns them "
-                "(OpenAI, vLLM), or sample without --logprobs and train --objective kd with a "
-                "local teacher (--teacher-model)"
-            )
-        return ChatResult(
-            content=content,
-            finish_reason=finish_reason,
-            usage=usage,
-            latency_s=latency,
-            model=data.get("model"),
-            logprobs=compact_logprobs(tokens) if tokens else None,
-        )
+        return parse_completion(raw, latency, logprobs, self.public_url)
 
 
 def _parse_scored_body(data: Any) -> tuple[Any, Any]:
@@ -443,22 +304,6 @@ def _parse_scored_body(data: Any) -> tuple[Any, Any]:
     logprobs = data.get("prompt_logprobs") or choice.get("prompt_logprobs")
     ids = data.get("prompt_token_ids") or choice.get("prompt_token_ids")
     return logprobs, ids
-
-
-def compact_logprobs(content: list[Any]) -> list[list[Any]]:
-    """OpenAI's `logprobs.content` (one object per answer token, with `top_logprobs`) as
-    [token, logprob, [[alternative, logprob], ...]] per token: a third of the JSON. A token
-    whose text is not whole characters keeps its `bytes` as a fourth element."""
-    out: list[list[Any]] = []
-    for t in content:
-        if not isinstance(t, dict) or "token" not in t or "logprob" not in t:
-            raise RetryableError("malformed logprobs in the answer", "body")
-        top = [[a.get("token"), a.get("logprob")] for a in t.get("top_logprobs") or []]
-        entry: list[Any] = [t["token"], t["logprob"], top]
-        if "\ufffd" in str(t["token"]) and t.get("bytes") is not None:
-            entry.append(t["bytes"])
-        out.append(entry)
-    return out
 
 
 def chat_body(

@@ -157,8 +157,18 @@ class PromptSet(StrictModel):
 # --------------------------------------------------------------------------- stages
 
 
+class EndpointConfig(StrictModel):
+    """One of several endpoints serving the teacher model (issue #15)."""
+
+    base_url: str
+    concurrency: int | None = Field(None, ge=1, le=100_000)  # None: the teacher's `concurrency`
+
+
 class TeacherConfig(StrictModel):
-    """An OpenAI-compatible chat endpoint. base_url None means the embedded local teacher."""
+    """An OpenAI-compatible chat endpoint. base_url None means the embedded local teacher.
+
+    Several endpoints (vLLM replicas, regions; issue #15): `endpoints` lists every one and
+    `base_url` is the first, which is what eval, the judge and the REPL talk to."""
 
     base_url: str | None = None
     model: str = "smollm2-135m"
@@ -170,6 +180,30 @@ class TeacherConfig(StrictModel):
     tpm: float | None = Field(None, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(8, ge=0)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _first_endpoint(self) -> TeacherConfig:
+        if self.endpoints and self.base_url is None:
+            self.base_url = self.endpoints[0].base_url
+        elif self.endpoints and self.base_url != self.endpoints[0].base_url:
+            raise ValueError("base_url must be the first of `endpoints` (or leave it out)")
+        return self
+
+
+class BatchConfig(StrictModel):
+    """Sampling through the Batch API (`/v1/files` + `/v1/batches`, issue #15): half the price
+    and its own, larger rate limits, in return for answers within 24 h."""
+
+    api: bool = False  # --batch-api
+    # lines a batch did not answer (failed, expired, cancelled): another batch, or online
+    fallback: Literal["batch", "online"] = "batch"
+    rounds: int = Field(3, ge=0)  # follow-up batches at most, per command
+    poll_s: float = Field(15.0, gt=0)  # the first wait between polls; it grows 1.5x per poll
+    poll_max_s: float = Field(300.0, gt=0)
+    # OpenAI's limits per input file: 50,000 requests and 200 MB
+    max_requests: int = Field(50_000, ge=1, le=50_000)
+    max_bytes: int = Field(200_000_000, ge=1024, le=200_000_000)
 
 
 class SampleConfig(StrictModel):
@@ -189,6 +223,11 @@ class SampleConfig(StrictModel):
     # issue #14: conversations of this many user turns; after each teacher answer, the teacher
     # as a user simulator (sampling/turns.py) writes the next user message
     turns: int = Field(1, ge=1, le=32)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    # USD per million tokens at online prices, for the summary's cost (sampling/cost.py knows a
+    # few models' list prices); the Batch API costs half
+    price_in: float | None = Field(None, ge=0)
+    price_out: float | None = Field(None, ge=0)
 
 
 class PromptWriteConfig(StrictModel):

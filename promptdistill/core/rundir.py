@@ -36,7 +36,7 @@ BUSY_EXIT = 75
 # The stages in data-flow order, and the files each one writes (so a changed configuration can
 # move exactly those aside, see pipeline/ledger.py).
 STAGE_FILES: dict[str, tuple[str, ...]] = {
-    "sample": ("samples.jsonl", "failures.jsonl", "system-prompts"),
+    "sample": ("samples.jsonl", "failures.jsonl", "system-prompts", "batches.json"),
     "train": ("datums", "checkpoints", "adapter", "metrics.jsonl", "loss.png"),
     "eval": (
         "report.json",
@@ -80,6 +80,11 @@ class RunDir:
         """The system prompts the samples were made with, one file each, named by their hash
         (core/samples.py): stored once per run instead of in every record."""
         return self.path / "system-prompts"
+
+    @property
+    def batches(self) -> Path:
+        """The Batch API's file and batch ids of this run (sampling/batch_api.py, issue #15)."""
+        return self.path / "batches.json"
 
     # ---- train
     @property

@@ -84,6 +84,7 @@ class Pipeline:
     def stage(self, stage: str) -> None:
         """Run `stage` if it is not up to date."""
         from promptdistill.evaluation.evaluate import evaluate_and_write
+        from promptdistill.sampling.batch_run import batch_runner
         from promptdistill.sampling.sample import sample_run
         from promptdistill.training.run import train_run
 
@@ -102,8 +103,9 @@ class Pipeline:
         self.console.rule(f"{stage}{resuming}")
         if stage == "sample":
             summary = sample_run(
-                cfg.sample, self.run, console=self.console, persona=self.persona, lock=False
-            )
+                cfg.sample, self.run, console=self.console, persona=self.persona, lock=False,
+                batches=batch_runner(None) if cfg.sample.batch.api else None,
+            )  # fmt: skip
             self.report_samples(summary)
         elif stage == "train" and cfg.stream:  # samples complete: one epoch over them, the same
             self.streamed(sampling=False)
@@ -152,6 +154,12 @@ class Pipeline:
 
     def report_samples(self, summary: SampleSummary) -> None:
         if summary.interrupted:
+            if summary.batches_open:
+                self.say(
+                    f"{summary.batches_open} batches keep running on the server: rerun the same "
+                    "command to collect them, or cancel them with `promptdistill sample ... "
+                    "--batch-api --cancel-batches`"
+                )
             raise KeyboardInterrupt
         if not summary.complete:
             raise UserError(

@@ -38,6 +38,8 @@ def recorded_config(config: SampleConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     if config.teacher.base_url:
         data["teacher"]["base_url"] = redact_url(normalize_base_url(config.teacher.base_url))
+    for e in data["teacher"]["endpoints"]:  # several endpoints (issue #15)
+        e["base_url"] = redact_url(normalize_base_url(e["base_url"]))
     return data
 
 

@@ -44,8 +44,10 @@ from promptdistill.clients.endpoint import (
     PromptError,
     RetryableError,
     Transport,
+    TransportError,
 )
 from promptdistill.sampling.limits import Limits, estimate_tokens
+from promptdistill.sampling.pool import Endpoint, Pool
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class RetryPolicy:
     content_retries: int = 2  # retries of an empty or content-filtered answer
     backoff_s: float = 0.5  # full jitter: uniform(0, min(cap, backoff_s * 2**attempt))
     backoff_cap_s: float = 30.0
+    # per endpoint (sampling/pool.py); the run gives up when every endpoint has
     unreachable_tries: int = 3  # connect failures in a row before any success: give up
     unreachable_s: float = 60.0  # ... after the endpoint answered once: give up after this long
     refused_before_any_answer: int = 5  # 400s in a row before any answer: the request is wrong
@@ -91,9 +94,12 @@ class RetryPolicy:
 
 
 class Engine:
+    """`transport`: one endpoint, or a Pool of several (each request goes to the one with the
+    fewest in flight; issue #15). One endpoint uses `limits.concurrency` as its limit."""
+
     def __init__(
         self,
-        transport: Transport,
+        transport: Transport | Pool,
         limits: Limits,
         body: Callable[[Job], dict[str, Any]],
         on_sample: Callable[[Job, ChatResult, int], Job | None],
@@ -102,7 +108,11 @@ class Engine:
         stats: EngineStats | None = None,
         max_tokens: int = 256,
     ) -> None:
-        self.transport = transport
+        if isinstance(transport, Pool):
+            self.pool = transport
+        else:
+            self.pool = Pool.single(transport, limits.concurrency)
+        self.transport = self.pool.endpoints[0].transport
         self.limits = limits
         self.body = body
         self.on_sample = on_sample
@@ -113,9 +123,9 @@ class Engine:
         self._jitter = wait_random_exponential(
             multiplier=self.policy.backoff_s, max=self.policy.backoff_cap_s
         )
+        self.pool.unreachable_tries = self.policy.unreachable_tries
+        self.pool.unreachable_s = self.policy.unreachable_s
         self._ever_succeeded = False
-        self._unreachable_streak = 0
-        self._unreachable_since = 0.0
         self._refused_streak = 0
         self._html_streak = 0
 
@@ -124,7 +134,7 @@ class Engine:
     async def run(self, jobs: Iterator[Job], stop: asyncio.Event | None = None) -> bool:
         """Ask every job. Returns False when `stop` was set (in-flight requests are cancelled
         and their jobs left for the next run). Raises FatalError, after cancelling the rest."""
-        n_workers = self.limits.concurrency.maximum
+        n_workers = self.pool.maximum
         if self.stats.total:
             n_workers = max(1, min(n_workers, self.stats.total))
         workers = [asyncio.create_task(self._worker(jobs)) for _ in range(n_workers)]
@@ -232,6 +242,8 @@ class Engine:
 
     def _wait_for(self, exc: BaseException | None, attempt_number: int) -> float:
         """Full jitter, but never less than what the server asked for in retry-after."""
+        if self.pool.elsewhere(exc):
+            return 0.0  # its endpoint failed, not the request: another one takes it now
         rs = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         rs.attempt_number = attempt_number
         wait = self._jitter(rs)
@@ -244,23 +256,31 @@ class Engine:
             self.stats.retries += 1
         state.attempts += 1
         limits = self.limits
-        await limits.acquire(estimate)
+        ep = await self.pool.acquire()
+        try:
+            await limits.reserve(estimate)
+        except BaseException:
+            self.pool.release(ep)
+            raise
         sent_at = time.monotonic()
         self.stats.in_flight += 1
+        ep.stats.requests += 1
         try:
-            result = await self.transport.chat(body)
+            result = await ep.transport.chat(body)
         except RetryableError as e:
-            self._on_retryable(e, estimate, state, sent_at)
+            self._on_retryable(e, estimate, state, sent_at, ep)
             raise
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, TransportError):
+                ep.stats.errors += 1
             limits.tokens.adjust(-estimate)  # never sent, or cancelled: give the budget back
             raise
         finally:
             self.stats.in_flight -= 1
-            limits.concurrency.release()
+            self.pool.release(ep)
         self._ever_succeeded = True
-        self._unreachable_streak = self._html_streak = 0
-        limits.concurrency.on_success()
+        self._html_streak = 0
+        self.pool.on_success(ep)
         usage = result.usage
         out = usage.get("completion_tokens")
         if isinstance(out, int):
@@ -276,7 +296,7 @@ class Engine:
         return result
 
     def _on_retryable(
-        self, e: RetryableError, estimate: int, state: _JobState, sent_at: float
+        self, e: RetryableError, estimate: int, state: _JobState, sent_at: float, ep: Endpoint
     ) -> None:
         """Bookkeeping for one failed attempt; may turn it into a failure or a fatal error."""
         state.last_kind = e.kind
@@ -285,31 +305,22 @@ class Engine:
             self.limits.tokens.adjust(-estimate)  # the endpoint did no work for it
         if e.kind == "rate_limit":
             self.stats.rate_limited += 1
-            self.limits.concurrency.on_rate_limited(sent_at)
-            if e.retry_after:
+            self.pool.on_rate_limited(ep, sent_at)
+            if e.retry_after and len(self.pool.endpoints) > 1:
+                self.pool.pause(ep, e.retry_after)  # that endpoint waits; the others go on
+            elif e.retry_after:
                 self.limits.pause(e.retry_after)
-        if e.retry_after:
+        if e.retry_after and len(self.pool.endpoints) == 1:  # everything waits: say why
             self._note_wait(e, e.retry_after)
         self._html_streak = self._html_streak + 1 if e.kind == "html" else 0
         if self._html_streak >= self.policy.html_in_a_row:
             raise FatalError(f"{e} ({self._html_streak} web pages in a row, no API answer)")
-        if e.kind == "unreachable":
-            now = time.monotonic()
-            if self._unreachable_streak == 0:
-                self._unreachable_since = now
-            self._unreachable_streak += 1
-            give_up = (
-                self._unreachable_streak >= self.policy.unreachable_tries
-                if not self._ever_succeeded
-                else now - self._unreachable_since >= self.policy.unreachable_s
+        unreachable = self.pool.on_error(ep, e)
+        if unreachable is not None:
+            raise FatalError(
+                f"{unreachable}; check that the server is running and that --base-url is "
+                "right, e.g. http://localhost:8000/v1"
             )
-            if give_up:
-                raise FatalError(
-                    f"{e} (after {self._unreachable_streak} tries); check that the server is "
-                    "running and that --base-url is right, e.g. http://localhost:8000/v1"
-                )
-        elif e.kind != "timeout":
-            self._unreachable_streak = 0
         if e.kind == "content":
             state.content_failures += 1
             if state.content_failures > self.policy.content_retries:

@@ -163,12 +163,17 @@ class Limits:
         """Take an in-flight slot, then a request slot and a token slot on the clocks."""
         await self.concurrency.acquire()
         try:
-            if self.tokens.rate_per_s is not None:
-                await self.tokens.reserve(token_estimate)
-            await self.requests.reserve(1.0)
+            await self.reserve(token_estimate)
         except BaseException:
             self.concurrency.release()
             raise
+
+    async def reserve(self, token_estimate: int) -> None:
+        """A request slot and a token slot on the clocks (the in-flight slot is the caller's:
+        an endpoint's, sampling/pool.py)."""
+        if self.tokens.rate_per_s is not None:
+            await self.tokens.reserve(token_estimate)
+        await self.requests.reserve(1.0)
 
     def pause(self, seconds: float) -> None:
         """Stop all dispatch for `seconds` (the server's retry-after)."""

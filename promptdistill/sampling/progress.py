@@ -17,6 +17,7 @@ from rich.text import Text
 
 from promptdistill.sampling.engine import EngineStats
 from promptdistill.sampling.limits import AdaptiveConcurrency
+from promptdistill.sampling.pool import Pool
 
 
 def _rate(value: float) -> str:
@@ -38,7 +39,7 @@ class Progress:
     def __init__(
         self,
         stats: EngineStats,
-        concurrency: AdaptiveConcurrency,
+        concurrency: AdaptiveConcurrency | Pool,  # a Pool: its endpoints' limits together
         console: Console,
         live: bool | None = None,
         log_every_s: float = 5.0,
@@ -94,9 +95,20 @@ class Progress:
             f"sample: {s.done}/{s.total} done, {s.failed} failed, "
             f"{s.in_flight} in flight, {_rate(rps)} req/s, {tps:.0f} out tok/s, "
             f"{s.retries} retries ({s.rate_limited} x 429), concurrency {self.concurrency.limit}"
-            f"/{self.concurrency.maximum}, ETA {_duration(eta)}"
+            f"/{self.concurrency.maximum}, {self.endpoints()}ETA {_duration(eta)}"
             + (f"; {waiting}" if waiting else "")
         )
+
+    def endpoints_up(self) -> str:
+        """`2/3` with several endpoints (up / all), else ''."""
+        pool = self.concurrency
+        if not isinstance(pool, Pool) or len(pool.endpoints) < 2:
+            return ""
+        return f"{pool.up()}/{len(pool.endpoints)}"
+
+    def endpoints(self) -> str:
+        up = self.endpoints_up()
+        return f"endpoints {up} up, " if up else ""
 
     def panel(self) -> Group:
         s = self.stats
@@ -121,6 +133,8 @@ class Progress:
             "429s", str(s.rate_limited),
             "concurrency", f"{self.concurrency.limit}/{self.concurrency.maximum}",
         )  # fmt: skip
+        if self.endpoints_up():
+            table.add_row("endpoints up", self.endpoints_up())
         parts: list[Text | Table] = [table]
         if waiting := self.waiting():
             parts.append(Text(waiting, style="yellow"))

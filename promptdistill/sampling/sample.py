@@ -26,8 +26,6 @@ from rich.console import Console
 from promptdistill.clients.endpoint import (
     ChatResult,
     FatalError,
-    Transport,
-    chat_body,
     normalize_base_url,
 )
 from promptdistill.clients.keys import key_source, read_api_key
@@ -44,10 +42,14 @@ from promptdistill.personas import (
     heldout_prompts,
     load_run_persona,
 )
+from promptdistill.sampling.batch_lines import Prepared
 from promptdistill.sampling.compat import check_compatible, recorded_config
+from promptdistill.sampling.cost import prices
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
+from promptdistill.sampling.pool import endpoint_pool
 from promptdistill.sampling.progress import Progress
+from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
 from promptdistill.sampling.summary import SampleSummary
 from promptdistill.sampling.turns import Conversations
 
@@ -77,14 +79,6 @@ def for_local_teacher(config: SampleConfig, say: Callable[[str], None]) -> Sampl
     return config.model_copy(update={"teacher": teacher})
 
 
-def _job(p: UserPrompt, system_prompt: str) -> Job:
-    meta: dict[str, Any] = {"split": p.split, "prompt_set": p.prompt_set, "category": p.category}
-    if p.gold is not None:
-        meta["gold"] = p.gold
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": p.text}]
-    return Job(p.id, messages, meta)
-
-
 def sample_run(
     config: SampleConfig,
     run: RunDir,
@@ -97,6 +91,7 @@ def sample_run(
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
     lock: bool = True,
+    batches: Callable[[Prepared], None] | None = None,
 ) -> SampleSummary:
     """Answer every prompt of `config` into `run`. Resumable; see the module docstring.
 
@@ -104,6 +99,8 @@ def sample_run(
     From another thread (`run --stream`): setting `stop` stops sampling as Ctrl-C does, and
     `ready` is set once this run's config.yaml entry is written. `lock`: hold the run's lock
     (RunDir.locked) while sampling; False where the caller holds it (`promptdistill run`).
+    `batches` takes over once the run is prepared, instead of online sampling (issue #15:
+    sampling/batch_run.py).
 
     Raises UserError for bad input and for fatal endpoint errors (401/403/404, unreachable);
     answers received before a fatal error stay on disk.
@@ -111,7 +108,7 @@ def sample_run(
     started = time.monotonic()
     console = console or Console(highlight=False)
     say = log or (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
-    if config.logprobs and config.teacher.base_url is None:
+    if config.logprobs and config.teacher.base_url is None and batches is None:
         raise UserError(
             "--logprobs: the embedded local teacher (transformers serve) returns no logprobs, "
             "and needs none: `train --objective kd` reads its whole distribution in process"
@@ -129,7 +126,7 @@ def sample_run(
     with run.locked() if lock else contextlib.nullcontext(run):
         return _sample_locked(
             config, run, persona, prompts, api_key, console, say, started, live, log_every_s,
-            handle_sigint, stop, ready,
+            handle_sigint, stop, ready, batches,
         )  # fmt: skip
 
 
@@ -167,6 +164,7 @@ def _sample_locked(
     handle_sigint: bool,
     stop: threading.Event | None,
     ready: threading.Event | None,
+    batches: Callable[[Prepared], None] | None,
 ) -> SampleSummary:
     """`sample_run` once its inputs are checked and the run is created (and locked)."""
     base = config.teacher.base_url
@@ -198,6 +196,10 @@ def _sample_locked(
         max_concurrency=config.teacher.concurrency,
         min_concurrency=config.teacher.concurrency,
     )
+    if base:
+        summary.price_in, summary.price_out = prices(
+            config.teacher.model, config.price_in, config.price_out
+        )
     run.save_stage_config(STAGE, recorded_config(config))
     try:  # `run --stream`'s trainer reads samples.jsonl as soon as `ready` is set
         run.samples.touch(exist_ok=True)
@@ -207,6 +209,14 @@ def _sample_locked(
         ready.set()
     # failures of an earlier run are asked again now; the file lists this run's failures only
     atomic_write_bytes(run.failures, b"")
+    if batches is not None:
+        batches(Prepared(
+            config=config, run=run, todo=todo, done_ids=done_ids, persona=persona,
+            api_key=api_key, summary=summary, console=console, say=say, live=live,
+            log_every_s=log_every_s, handle_sigint=handle_sigint, stop=stop,
+        ))  # fmt: skip
+        summary.elapsed_s = time.monotonic() - started
+        return summary
     if not todo:
         summary.elapsed_s = time.monotonic() - started
         return summary
@@ -267,7 +277,7 @@ class _Records:
                 "finish_reason": r.finish_reason,
                 "truncated": r.finish_reason == "length",
                 "usage": r.usage,
-                "latency_s": round(r.latency_s, 4),
+                "latency_s": None if r.latency_s is None else round(r.latency_s, 4),
                 "attempts": attempts,
                 "teacher": self.teacher_info,
                 **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
@@ -391,26 +401,17 @@ async def _sample_async(
     warm_up: bool = False,
 ) -> None:
     t, s = config.teacher, config.sampling
-    teacher_info = {
-        "base_url": summary.base_url,
-        "model": config.teacher.model,  # the local teacher's `model` is a cache path
-        "sampling": s.model_dump(mode="json"),
-    }
+    teacher_info = teacher_record(config, summary.base_url)
     system_prompt = persona.persona.system_prompt
     stats = EngineStats(total=len(todo))
     # the local teacher's prefix cache needs one finished prefill first (limits.AdaptiveConcurrency)
     limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
 
-    def body(job: Job) -> dict[str, Any]:
-        max_tokens = job.max_tokens or s.max_tokens  # the user simulator's turns are short
-        out = chat_body(model, job.messages, s.temperature, s.top_p, max_tokens, s.seed)
-        if config.logprobs and job.max_tokens is None:
-            out |= {"logprobs": True, "top_logprobs": config.logprobs}
-        return out
+    body = request_body(config, model)
 
     def jobs() -> Iterator[Job]:
         for p in todo:
-            yield _job(p, system_prompt)
+            yield prompt_job(p, system_prompt)
 
     stop = asyncio.Event()
     sampling_start = time.monotonic()
@@ -422,9 +423,11 @@ async def _sample_async(
         convos = Conversations(config.turns, who, records.on_conversation, records.on_failure)
         on_sample, on_failure = convos.on_sample, convos.on_failure
     source = key_source(t) if api_key else None
+    pool = endpoint_pool(t, base_url, api_key, limits, source)  # one, or several (issue #15)
+    summary.max_concurrency = summary.min_concurrency = pool.maximum
     engine = Engine(
-        Transport(base_url, api_key, t.concurrency, t.timeout_s, key_source=source), limits, body,
-        on_sample, on_failure, RetryPolicy(max_retries=t.max_retries), stats, s.max_tokens,
+        pool, limits, body, on_sample, on_failure, RetryPolicy(max_retries=t.max_retries), stats,
+        s.max_tokens,
     )  # fmt: skip
     fatal: FatalError | None = None
     finished = False
@@ -432,8 +435,8 @@ async def _sample_async(
     try:
         async with (
             stopping(stop, handle_sigint, stop_when, summary),
-            engine.transport,
-            Progress(stats, limits.concurrency, console, live=live, log_every_s=log_every_s),
+            pool,
+            Progress(stats, pool, console, live=live, log_every_s=log_every_s),
         ):
             try:
                 finished = await engine.run(jobs(), stop)
@@ -451,9 +454,11 @@ async def _sample_async(
         summary.failed = stats.failed
         summary.pending = len(todo) - stats.done - stats.failed
         summary.truncated = stats.truncated
+        summary.input_tokens += stats.input_tokens
+        summary.output_tokens += stats.output_tokens
         summary.retries = stats.retries
         summary.rate_limited = stats.rate_limited
-        summary.min_concurrency = limits.concurrency.min_seen
+        summary.min_concurrency, summary.endpoints = pool.min_seen, pool.report()
         summary.sampling_s = records.last_answer - sampling_start
         summary.interrupted = not finished and fatal is None
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rich.table import Table
+
+from promptdistill.sampling.cost import cost_row
 
 
 @dataclass(kw_only=True)
@@ -26,6 +28,18 @@ class SampleSummary:
     sampling_s: float = 0.0  # from the first request to the last answer
     interrupted: bool = False
     stop_signal: int | None = None  # the signal that interrupted it (SIGINT, SIGTERM), if any
+    input_tokens: int = 0  # usage of the answers received online now
+    output_tokens: int = 0
+    batch_input_tokens: int = 0  # ... and through the Batch API (half the price)
+    batch_output_tokens: int = 0
+    price_in: float | None = None  # USD per million tokens, online (sampling/cost.py)
+    price_out: float | None = None
+    written: int = 0  # requests written to a batch file (`--write-batch-file`)
+    batches_open: int = 0  # batches left running on the server (resume by rerunning)
+    batches_cancelled: int = 0  # by `--cancel-batches`
+    # per endpoint when there are several: (base URL, requests, answers, errors, times out)
+    endpoints: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    rows: list[tuple[str, str]] = field(default_factory=list)  # what a batch mode adds
 
     @property
     def complete(self) -> bool:
@@ -47,6 +61,18 @@ def summary_table(summary: SampleSummary) -> Table:
     t.add_row("retries / 429s", f"{summary.retries} / {summary.rate_limited}")
     if summary.min_concurrency < summary.max_concurrency:
         t.add_row("concurrency (lowest after 429s)", f"{summary.min_concurrency}")
+    for name, value in summary.rows:
+        t.add_row(name, value)
+    if summary.endpoints:
+        t.add_row("endpoints", f"{len(summary.endpoints)}, each request to the least busy")
+    for url, requests, answers, errors, out in summary.endpoints:
+        t.add_row(f"  {url}", f"{requests} requests, {answers} answers, {errors} errors"
+                  + (f", taken out {out}x" if out else ""))  # fmt: skip
+    cost = cost_row((summary.input_tokens, summary.output_tokens),
+                    (summary.batch_input_tokens, summary.batch_output_tokens),
+                    summary.price_in, summary.price_out)  # fmt: skip
+    if cost is not None:
+        t.add_row(*cost)
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
     if summary.sampling_s > 0 and summary.answered_now:
         rate = summary.answered_now / summary.sampling_s

@@ -109,7 +109,7 @@ class Conversations:
         state = self._open.get(job.id)
         if state is None:  # the first answer of a conversation
             state = self._open[job.id] = _Open(first=job, messages=list(job.messages))
-            state.latency_s = result.latency_s
+            state.latency_s = result.latency_s or 0.0  # always measured online
         state.attempts += attempts
         if id(job) in self._simulating:
             self._simulating.discard(id(job))
