@@ -17,7 +17,7 @@ import yaml
 
 from promptdistill.core.config import NAME, PromptSource
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import atomic_write_text
+from promptdistill.core.io import atomic_write_text, read_text
 from promptdistill.personas import LoadedPersona, count_distinct, heldout_prompts, load_persona
 from promptdistill.sources import SUFFIXES, FieldError, LoadedSource, load_sources
 
@@ -171,10 +171,15 @@ def init_persona(
         if not prompts_file.exists():
             raise UserError(f"--prompts-file {prompts_file}: not found")
         rel = os.path.relpath(prompts_file.resolve(), prompts_yaml.parent.resolve())
+        if field is not None and _format_of(prompts_file) == "text":
+            raise UserError(
+                f"--field {field}: {prompts_file} is a text file, one prompt per line, with no "
+                "fields; drop --field"
+            )
         source = _read_prompts_file(prompts_file, prompts_yaml, field)
         key_line = ""
         if field is not None:  # CSV and TSV have columns; JSONL, Parquet and datasets fields
-            csv_like = SUFFIXES.get(prompts_file.suffix.lower()) in ("csv", "tsv")
+            csv_like = _format_of(prompts_file) in ("csv", "tsv")
             key_line = f"\n    {'column' if csv_like else 'field'}: {_scalar(field)}"
         prompt_set = SOURCES_SET.format(
             name=name,
@@ -201,6 +206,10 @@ def init_persona(
     )
 
 
+def _format_of(prompts_file: Path) -> str | None:
+    return None if prompts_file.is_dir() else SUFFIXES.get(prompts_file.suffix.lower())
+
+
 def _read_prompts_file(prompts_file: Path, prompts_yaml: Path, field: str | None) -> LoadedSource:
     """Read it now: a file that cannot be used is refused before anything is written."""
     source = PromptSource(path=str(prompts_file.resolve()), field=field)
@@ -223,18 +232,17 @@ def _scalar(value: str) -> str:
 
 def read_system_prompt(path: str | None, stdin_text: str | None) -> str | None:
     """The system prompt from `--system-prompt-file` (`-`: stdin), or piped stdin."""
-    if path is None or path == "-":
+    if path is None:
         return stdin_text
-    file = Path(path).expanduser()
-    try:
-        return file.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"--system-prompt-file {path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"--system-prompt-file {path}: not UTF-8 (bad byte at offset {e.start}); re-save it "
-            "as UTF-8"
-        ) from None
+    if path == "-":
+        text = stdin_text
+    else:
+        text = read_text(Path(path).expanduser(), f"--system-prompt-file {path}")
+    if not (text or "").strip():  # asked for a prompt: a placeholder would hide the mistake
+        if path == "-":
+            raise UserError("--system-prompt-file -: stdin was empty; pipe the system prompt in")
+        raise UserError(f"--system-prompt-file {path}: empty; write the system prompt in it")
+    return text
 
 
 def add_source(prompt_set_file: Path, source: Path, heldout: float | None = 0.1) -> str:

@@ -28,6 +28,7 @@ import orjson
 
 from promptdistill.core.config import PromptSource
 from promptdistill.core.errors import UserError
+from promptdistill.core.io import read_text
 from promptdistill.core.yamlio import field_line
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "text",
@@ -169,6 +170,12 @@ def _kind(source: PromptSource, yaml_file: Path, at: Where) -> tuple[str, str]:
             f"{at('path')}: {path} is {'a folder' if path.is_dir() else 'a file'}, but format "
             f"'{kind}' needs {'a folder (datasets.save_to_disk)' if kind == 'disk' else 'a file'}"
         )
+    if kind == "text" and (source.key or source.gold):
+        key = "gold" if source.gold else "field" if source.field else "column"
+        raise UserError(
+            f"{at(key)}: {path.name} is a text file, one prompt per line, with no fields or "
+            f"columns; drop '{key}:' (or set 'format:' if it is not plain text)"
+        )
     return kind, str(path)
 
 
@@ -180,26 +187,17 @@ def _rows(
     elif kind in ("csv", "tsv"):
         yield from _delimited(Path(location), source, "\t" if kind == "tsv" else ",", at)
     elif kind == "text":
-        for line in _read_text(Path(location)).splitlines():
+        for line in read_text(Path(location)).splitlines():
             yield line, None
     else:
         yield from _dataset(kind, location, source, at)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8"
-        ) from None
 
 
 # --------------------------------------------------------------------------- JSONL and CSV
 
 
 def _jsonl(path: Path, source: PromptSource, at: Where) -> Iterator[tuple[str, str | None]]:
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -220,7 +218,7 @@ def _jsonl(path: Path, source: PromptSource, at: Where) -> Iterator[tuple[str, s
 def _delimited(
     path: Path, source: PromptSource, delimiter: str, at: Where
 ) -> Iterator[tuple[str, str | None]]:
-    lines = _read_text(path).splitlines(keepends=True)
+    lines = read_text(path).splitlines(keepends=True)
     reader = csv.DictReader(lines, delimiter=delimiter)
     header = [h for h in (reader.fieldnames or []) if h is not None]
     if not header:

@@ -189,7 +189,7 @@ BAD_CASES = {
         GOOD_PERSONA.replace("|\n  You are a pirate.\n", '"  \\n "\n'),
         GOOD_PROMPTS,
         "personas/pirate.yaml:3",
-        "system_prompt': Value error, the system prompt is blank",
+        "system_prompt': the system prompt is blank",
     ),
     "unterminated quote": (
         GOOD_PERSONA.replace("description: A pirate", 'description: "A pirate'),

@@ -18,8 +18,9 @@ from fake_openai import Fault, start_fake_server
 from fixtures_openai import cli_env
 
 from promptdistill.models.embed import Embedder
+from promptdistill.personas import load_persona
 from promptdistill.sampling.diversity import distinct_n, keep_distinct, mean_pairwise_cosine
-from promptdistill.sampling.userprompts import parse_reply
+from promptdistill.sampling.userprompts import parse_reply, request_messages, seeds
 
 SUBJECTS = [
     "volcanoes", "tax returns", "sourdough bread", "the Roman empire", "quantum computing",
@@ -148,6 +149,23 @@ def test_an_unknown_model_stops_at_once(quill: Path) -> None:
 )
 def test_replies_are_parsed_robustly(reply: str) -> None:
     assert parse_reply(reply) == ["How do I cut this?", "Is the second comma wrong?"]
+
+
+def test_what_a_reply_copies_from_its_request_is_not_a_message() -> None:
+    """A small teacher often repeats its request: the style list, an example prompt, or all of
+    it. None of that is a message a user would send."""
+    persona = load_persona("beethoven")
+    (seed_, *_) = seeds(persona, [], 0)
+    request = request_messages(persona, seed_, 0, 4, 0)[-1]["content"]
+    style = re.findall(r"^1\. (.*)$", request, re.M)[0]
+    reply = "\n".join([f"1. {style}", f"2. {seed_.examples[0]}", "3. How loud was the premiere?",
+                       "4. Did you ever meet Mozart?"])  # fmt: skip
+    assert parse_reply(reply, request) == [
+        "How loud was the premiere?",
+        "Did you ever meet Mozart?",
+    ]
+    assert parse_reply(f"answer to: {' '.join(request.split())}", request) == []
+    assert len(parse_reply(reply)) == 4  # without the request, nothing to compare with
 
 
 def test_diversity_measures_and_near_duplicates() -> None:

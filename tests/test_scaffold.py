@@ -91,6 +91,19 @@ def test_init_with_a_bad_prompts_file_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "personas").exists()
     r = cli(tmp_path, "init", "no good", stdin="")
     assert r.returncode != 0 and "NAME 'no good'" in r.stderr
+    # an empty system prompt file, or --field on a text file, is a mistake to name, not to
+    # paper over with a placeholder or to ignore
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "log.txt").write_text("hello\n")
+    for args, expected in (
+        (["--system-prompt-file", "empty.txt"], "--system-prompt-file empty.txt: empty"),
+        (["--system-prompt-file", "-"], "--system-prompt-file -: stdin was empty"),
+        (["--prompts-file", "log.txt", "--field", "q"], "log.txt is a text file"),
+    ):
+        r = cli(tmp_path, "init", "quill", *args, stdin="")
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr
+    assert not (tmp_path / "personas").exists()
 
 
 def test_init_names_the_field_of_a_csv_or_a_dataset_folder(tmp_path: Path) -> None:

@@ -170,6 +170,16 @@ BAD = {
     "both path and dataset": ([{"path": "x.txt", "dataset": "a/b"}], b"hi\n", "field 'sources.0'"),
     "too many held out": ([{"path": "x.txt", "heldout": 5}], b"a\nb\n", "5 held out of 2 prompts"),
     "not utf-8": ([{"path": "x.txt"}], b"caf\xe9\n", "not UTF-8"),
+    # a setting that cannot apply is refused, not ignored
+    "field of a text file": (
+        [{"path": "x.txt", "field": "q"}], b"hi\n",
+        "field 'sources.0.field': x.txt is a text file, one prompt per line",
+    ),
+    "held out zero": (
+        [{"path": "x.txt", "heldout": 0}], b"a\nb\n",
+        "field 'sources.0.heldout': 0 is neither a fraction between 0 and 1 (0.1) nor a count",
+    ),
+    "held out 1.0": ([{"path": "x.txt", "heldout": 1.0}], b"a\nb\n", "1.0 is neither a fraction"),
 }  # fmt: skip
 
 

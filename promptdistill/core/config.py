@@ -117,7 +117,21 @@ class PromptSource(StrictModel):
     category: str | None = Field(default=None, min_length=1)  # default: the file's name
     # held out for eval, never trained on, chosen by a stable hash of each prompt's text:
     # a fraction (0.1) or a count (40)
-    heldout: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    heldout: int | float | None = None
+
+    @field_validator("heldout", mode="before")
+    @classmethod
+    def _heldout(cls, v: Any) -> Any:
+        # checked on the value as written: `1.0` or `0` is neither a fraction nor a count
+        if v is None:
+            return v
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+        if isinstance(v, float) and 0.0 < v < 1.0:
+            return v
+        raise ValueError(
+            f"{v!r} is neither a fraction between 0 and 1 (0.1) nor a count of prompts (40)"
+        )
 
     @model_validator(mode="after")
     def _one_place(self) -> PromptSource:

@@ -185,6 +185,22 @@ def replace_dir(new: Path, target: Path) -> None:
 OnSkip = Callable[[int, str], None]
 
 
+def read_text(path: Path, what: str | None = None) -> str:
+    """A user's UTF-8 text file (a BOM is dropped); a missing file, a folder or bytes that are
+    not UTF-8 are one line naming `what` (a flag and its value; default: the path)."""
+    what = what or str(path)
+    if path.is_dir():
+        raise UserError(f"{what}: a folder, not a file; name the file")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{what}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{what}: not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8"
+        ) from None
+
+
 def read_jsonl(path: Path, on_skip: OnSkip | None = None) -> Iterator[dict[str, Any]]:
     """Yield each complete record, reading line by line (a samples.jsonl of 100k answers is
     hundreds of MB). A torn last line (no newline, or bad JSON) is skipped; a bad line in the

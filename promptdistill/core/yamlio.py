@@ -9,20 +9,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from promptdistill.core.errors import UserError
+from promptdistill.core.io import read_text
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     """Parse `path`, returning the data and the node tree (for line numbers)."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not UTF-8 (bad byte at offset {e.start}); re-save the file as UTF-8"
-        ) from None
+    text = read_text(path)
     try:
         # libyaml's C loader when present: every command reads a few YAML files at start-up
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -84,6 +78,8 @@ def describe_validation_error(path: Path, err: ValidationError, node: yaml.Node 
         msg = "required field is missing"
     elif first["type"] == "extra_forbidden":
         msg = "unknown field (check its spelling)"
+    elif first["type"] == "value_error":  # our own validators' words, without pydantic's tag
+        msg = msg.removeprefix("Value error, ")
     more = len(err.errors()) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{where}: field '{field}': {msg}{tail}"

@@ -151,16 +151,24 @@ META = re.compile(
 QUOTES = "\"'“”‘’`"
 
 
-def parse_reply(text: str) -> list[str]:
+def parse_reply(text: str, request: str = "") -> list[str]:
     """The messages in a reply: a JSON list of strings (or objects with a text field) where
-    there is one, else one message per numbered, bulleted or plain line."""
+    there is one, else one message per numbered, bulleted or plain line. With the `request`
+    text, what the teacher copied from it is left out: a small model often repeats the style
+    list or the example prompts, or the whole request, and none of that is a new message."""
     found = _json_list(text)
     items = found if found is not None else _lines(text)
+    asked = normalized(request)
+    last = normalized(request.rstrip().rsplit("\n", 1)[-1]) if request else ""
     out = []
     for item in items:
         item = _clean(item)
-        if 2 <= len(item) <= 2000 and not META.match(item):
-            out.append(item)
+        if not 2 <= len(item) <= 2000 or META.match(item):
+            continue
+        key = normalized(item)
+        if asked and ((len(key) >= 12 and key in asked) or (last and last in key)):
+            continue
+        out.append(item)
     return out
 
 
@@ -238,14 +246,15 @@ def _read_replies(path: Path, fingerprint: str) -> dict[int, str]:
 
 def select(
     replies: dict[int, str], labels: Callable[[int], str], embed: Callable[[list[str]], Any],
-    threshold: float,
+    threshold: float, requests: Callable[[int], str] = lambda k: "",
 ) -> tuple[list[tuple[str, str]], dict[str, int]]:  # fmt: skip
-    """(prompt, topic) pairs kept, in request order, and what was dropped."""
+    """(prompt, topic) pairs kept, in request order, and what was dropped; `requests(k)` is
+    the text request k asked (what a reply copies from it is not a message)."""
     seen: set[str] = set()
     candidates: list[tuple[str, str]] = []
     counts = {"candidates": 0, "exact_duplicates": 0, "near_duplicates": 0}
     for k in sorted(replies):
-        for text in parse_reply(replies[k]):
+        for text in parse_reply(replies[k], requests(k)):
             counts["candidates"] += 1
             key = normalized(text)
             if key in seen:
@@ -283,11 +292,16 @@ def write_prompts(
     limit = cfg.max_requests or math.ceil(3 * cfg.n / cfg.per_request) + 2
     api_key = read_api_key(cfg.teacher) if cfg.teacher.base_url else None
     label = lambda k: topics[k % len(topics)].label  # noqa: E731
+
+    def request(k: int) -> list[dict[str, str]]:
+        return request_messages(persona, topics[k % len(topics)], k, cfg.per_request, cfg.seed)
+
+    asked_text = lambda k: request(k)[-1]["content"]  # noqa: E731
     summary = WriteSummary(
         out=out, replies=path, requested=cfg.n, written=0, requests=before, asked_now=0,
         failed=0, candidates=0, exact_duplicates=0, near_duplicates=0,
     )  # fmt: skip
-    kept, counts = select(replies, label, embed, cfg.threshold) if replies else ([], {})
+    kept, counts = select(replies, label, embed, cfg.threshold, asked_text) if replies else ([], {})
     with contextlib.ExitStack() as stack:
         endpoint: Endpoint | None = None
         while len(kept) < cfg.n and len(replies) < limit:
@@ -299,18 +313,14 @@ def write_prompts(
                 endpoint = _endpoint(cfg, stack, say)
             say(f"asking the teacher for {len(todo) * cfg.per_request} prompts "
                 f"({len(todo)} requests; {len(kept)} of {cfg.n} kept so far)")  # fmt: skip
-            jobs = [
-                Job(str(k), request_messages(persona, topics[k % len(topics)], k,
-                                             cfg.per_request, cfg.seed))
-                for k in todo
-            ]  # fmt: skip
+            jobs = [Job(str(k), request(k)) for k in todo]
             asked, failed, finished = _ask(
                 cfg, jobs, endpoint, api_key, path, fingerprint, replies, console, live,
                 log_every_s,
             )  # fmt: skip
             summary.asked_now += asked
             summary.failed += failed
-            kept, counts = select(replies, label, embed, cfg.threshold)
+            kept, counts = select(replies, label, embed, cfg.threshold, asked_text)
             if not finished:
                 summary.interrupted = True
                 break
