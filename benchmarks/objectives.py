@@ -18,6 +18,11 @@ through the CLI, as a user runs it; `--work DIR` keeps the samples and runs for 
 
 (`NAME-ceW`: kd with `--ce-weight W`; `:0;1` gives a variant its own seeds.)
 
+`--budget epochs` trains every objective for sft's 2 epochs instead (the same tokens: a kd
+step cost 0.95x an sft step in CPU seconds, back to back): on a crowded machine the calibration
+itself goes wrong, since threads that spin-wait for a descheduled peer count as CPU time (a
+1,000-token kd step read 16-64 CPU s beside other jobs, 9-12 s on beethoven earlier).
+
 Seconds per step and tokens/s are those of the runs themselves, and change with the machine's
 load; CPU seconds per step (all threads) much less so, and the budget is set with them;
 the student's generation speed for `onpolicy` is printed against the local teacher's
@@ -216,6 +221,13 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--objectives", default="sft,kd,onpolicy,sft-keep-loops")
     ap.add_argument("--work", type=Path, default=Path("/tmp/pd-objectives"))
+    ap.add_argument(
+        "--budget",
+        choices=["cpu", "epochs"],
+        default="cpu",
+        help="cpu: steps by calibrated CPU s/step (default); epochs: sft's 2 epochs for all, "
+        "when contention spoils the calibration (spin-waiting threads count as CPU time)",
+    )
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     a.work.mkdir(parents=True, exist_ok=True)
@@ -234,13 +246,15 @@ def main() -> None:
         runs.sort(key=lambda v: v[0] != "sft")  # sft first: its steps set the budget
         steps: dict[str, int] = {}
         for label, kind, flags, run_seeds in runs:
+            if a.budget == "epochs":
+                steps[kind] = 0  # the demo's epochs, as sft
             if kind != "sft" and kind not in steps:
                 sft_steps = results["sft"][0]["steps"]
                 kinds = {k: kind_flags(k) for _, k, _, _ in runs if k != "sft"}
                 steps |= budget_steps(samples, a.work / persona, sft_steps, kinds, log)
             for seed in run_seeds:
                 extra = list(flags)
-                if kind != "sft":
+                if kind != "sft" and steps[kind]:
                     extra += ["--steps", str(steps[kind])]
                 dest = a.work / persona / f"{label}-seed{seed}"
                 r = train_and_eval(samples, dest, seed, extra, log)
