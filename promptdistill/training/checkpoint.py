@@ -219,7 +219,7 @@ def fresh_start(run: RunDir) -> None:
     """`--fresh`: forget every checkpoint and the adapter, metrics and loss curve."""
     for folder in (run.checkpoints, run.adapter):
         shutil.rmtree(folder, ignore_errors=True)
-    for file in (run.metrics, run.loss_png):
+    for file in (run.metrics, run.loss_png, run.train_dashboard):
         file.unlink(missing_ok=True)
 
 

@@ -22,7 +22,7 @@ from promptdistill.core.config import DatumConfig, StudentConfig, TrainConfig
 from promptdistill.core.errors import UserError
 from promptdistill.core.io import replace_dir, writing
 from promptdistill.core.merge import merge, validate
-from promptdistill.core.plots import plot_loss
+from promptdistill.core.plots import plot_dashboard, plot_loss
 from promptdistill.core.rundir import RunDir
 from promptdistill.datums.store import Datums, prepare_datums
 from promptdistill.training.checkpoint import (
@@ -192,7 +192,8 @@ def _train_run(
             f"{log.tokens_per_s:,.0f} tokens/s, data wait {100 * wait:.1f}%; "
             f"train loss {log.last_loss:.4f}"
             + (f", val loss {log.val_loss:.4f}" if log.val_loss is not None else "")
-            + f"\nadapter: {run.adapter}   loss curve: {run.loss_png}"
+            + f"\nadapter: {run.adapter}   loss curve: {run.loss_png}   dashboard: "
+            f"{run.train_dashboard}"
         )
         if (extra := objective.costs(log.loop_s)) is not None:
             say(extra)
@@ -243,7 +244,7 @@ def _validated(run: RunDir, step: int | None) -> bool:
 
 
 def _save_adapter(run: RunDir, student: Student) -> None:
-    """RUN/adapter, replaced atomically, and the loss curve."""
+    """RUN/adapter, replaced atomically, the loss curve and the dashboard."""
     tmp = run.file(f".{run.adapter.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -253,8 +254,11 @@ def _save_adapter(run: RunDir, student: Student) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, run.adapter)
+    rows = _metrics(run)
     with writing(run.loss_png):
-        plot_loss(_metrics(run), run.loss_png, f"promptdistill train: {run.path.name}")
+        plot_loss(rows, run.loss_png, f"promptdistill train: {run.path.name}")
+    with writing(run.train_dashboard):
+        plot_dashboard(rows, run.train_dashboard, f"promptdistill train: {run.path.name}")
 
 
 def _epoch_source(

@@ -51,14 +51,16 @@ class Student:
             stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
         return stack
 
-    def optimizer_step(self, lr: float) -> None:
-        """Average the gradients over ranks, clip, step, and clear them."""
+    def optimizer_step(self, lr: float) -> torch.Tensor:
+        """Average the gradients over ranks, clip, step, and clear them. Returns the gradient
+        norm before clipping, as a tensor (reading it would sync; the loop reads it late)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.dist.mean_grads(self.params)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
 
     def save_adapter(self, path: Path) -> None:
         self.model.save_pretrained(str(path), safe_serialization=True)
