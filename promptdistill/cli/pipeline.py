@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags
-from promptdistill.cli.common import DataDir, Turns, stderr, stdout
+from promptdistill.cli.common import DataDir, QuantizeOption, Turns, quantize_flag, stderr, stdout
 from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
 from promptdistill.core.errors import UserError
 
@@ -44,6 +44,7 @@ def run_command(  # long: one parameter per flag
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    quantize: QuantizeOption = None,
     objective: Annotated[
         str | None, typer.Option(help="What the student learns from: sft, kd or onpolicy.")
     ] = None,
@@ -102,7 +103,7 @@ def run_command(  # long: one parameter per flag
                 "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
             },
         },
-        "student": {"model": student, "dtype": dtype},
+        "student": {"model": student, "dtype": dtype, "quantize": quantize_flag(quantize)},
         "datums": {"keep_loops": keep_loops},
         "train": {
             "epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r, "objective": objective,

@@ -335,9 +335,10 @@ def resolve(run: RunDir, cfg: CompareConfig) -> Resolved:
     if sample.teacher.base_url is not None:
         normalize_base_url(sample.teacher.base_url)  # a bad URL fails now, before any model loads
     adapter = run.require_adapter()
-    return Resolved(
-        sample=sample, student=run.trained_student(), adapter=adapter, sampling=sample.sampling
-    )
+    student = run.trained_student()
+    if cfg.quantize is not None:  # --quantize: the base in 4-bit or not, else as trained (#17)
+        student = student.model_copy(update={"quantize": cfg.quantize})
+    return Resolved(sample=sample, student=student, adapter=adapter, sampling=sample.sampling)
 
 
 def open_session(
@@ -373,7 +374,10 @@ def open_session(
 
     torch.set_grad_enabled(False)
     renderer = Renderer(load_tokenizer(r.student.model))  # as training rendered
-    student_chat = LocalChat(load_student(r.student.model, r.adapter, r.student.dtype), renderer)
+    q = r.student.quantize
+    student_chat = LocalChat(
+        load_student(r.student.model, r.adapter, r.student.dtype, quantize=q), renderer
+    )
     student_chat.warm_up()
     student_name = Path(r.student.model).name
 
@@ -405,7 +409,7 @@ def open_session(
     runner = stack.enter_context(asyncio.Runner())
 
     def load_base() -> Side:
-        chat = LocalChat(load_causal_lm(r.student.model, r.student.dtype), renderer)
+        chat = LocalChat(load_causal_lm(r.student.model, r.student.dtype, quantize=q), renderer)
         chat.warm_up()
         return Side(
             name="base",

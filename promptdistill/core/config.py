@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from promptdistill.core.answers import DEFAULT_ANSWER_PATTERN
+
 SLOT_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -265,6 +267,9 @@ class PromptWriteConfig(StrictModel):
 class StudentConfig(StrictModel):
     model: str = "smollm2-135m"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # issue #17: the base weights in 4-bit nf4 (QLoRA; models/quantize.py); dtype is then the
+    # compute dtype
+    quantize: Literal["none", "4bit"] = "none"
 
 
 class DatumConfig(StrictModel):
@@ -347,11 +352,13 @@ class EvalConfig(StrictModel):
     max_heldout: int | None = Field(default=None, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int = 0
-    answer_pattern: str = r"Final Answer:\s*(.+)"
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN
     batch_size: int = Field(default=32, ge=1)
     latency_requests: int = Field(default=3, ge=0)  # single-stream requests timed per model
     # train prompts whose base answers (with their teacher answers) train the classifier
     classifier_train: int = Field(default=48, ge=0)
+    # student and base in 4-bit or not; None: as the student was trained (issue #17)
+    quantize: Literal["none", "4bit"] | None = None
 
 
 class CompareConfig(StrictModel):
@@ -369,3 +376,4 @@ class CompareConfig(StrictModel):
     max_tokens: int | None = Field(default=None, ge=1, le=32768)
     seed: int | None = None
     base: bool = False  # start with the base-model column shown
+    quantize: Literal["none", "4bit"] | None = None  # None: as the student was trained (#17)

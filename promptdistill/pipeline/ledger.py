@@ -42,6 +42,7 @@ LATER_FIELDS = (
     "onpolicy_fraction",
     "teacher_model",
     "keep_loops",
+    "quantize",
 )
 
 
@@ -76,14 +77,14 @@ def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
         sample_fp,
         s.n,
         s.include_heldout,
-        cfg.student.model_dump(),
+        _dump(cfg.student),
         _dump(cfg.datums),
         _dump(cfg.train),
     ]
     if cfg.stream:  # only then, so the fingerprints of earlier runs stay as they were
         train_parts.append("stream")
     train_fp = _hash(*train_parts)
-    eval_fp = _hash("eval", train_fp, cfg.eval.model_dump())
+    eval_fp = _hash("eval", train_fp, _dump(cfg.eval))
     return {"sample": sample_fp, "train": train_fp, "eval": eval_fp}
 
 

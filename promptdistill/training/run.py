@@ -151,7 +151,8 @@ def _train_run(
     if dist.main:
         run.save_stage_config("train", config_record)
     say(
-        f"training {student_cfg.model} ({_dtype(student)}, {dist.device}), objective "
+        f"training {student_cfg.model} ({_precision(student, student_cfg)}, {dist.device}), "
+        "objective "
         f"{objective.name}, with LoRA "
         f"r={cfg.lora_r} on {cfg.target_modules}: {student.trainable_params / 1e6:.2f}M "
         f"trainable params, {total} steps of <= {cfg.batch_tokens} tokens x {cfg.grad_accum} "
@@ -324,6 +325,12 @@ def _config_record(
 
 def _dtype(student: Student) -> str:
     return str(student.dtype).removeprefix("torch.")
+
+
+def _precision(student: Student, cfg: StudentConfig) -> str:
+    if cfg.quantize == "4bit":
+        return f"4-bit nf4 base (double quantised), {_dtype(student)} compute, fp32 LoRA"
+    return _dtype(student)
 
 
 def _metrics(run: RunDir) -> list[dict[str, Any]]:

@@ -74,7 +74,13 @@ def load_student(student: StudentConfig, cfg: TrainConfig, dist: Dist) -> Studen
 
     model_dir = resolve_model(student.model)
     dtype = resolve_dtype(student.dtype, dist.device.type)
-    base = load_causal_lm(student.model, dtype=dtype, device=str(dist.device))
+    base = load_causal_lm(
+        student.model, dtype=dtype, device=str(dist.device), quantize=student.quantize
+    )
+    if student.quantize == "4bit":  # QLoRA: nf4 base, frozen; norms and embeddings in fp32
+        from promptdistill.models.quantize import for_training
+
+        base = for_training(base)
     if dist.device.type == "cpu" and base.config._attn_implementation == "sdpa":
         # Measured on SmolLM2-135M, bf16, 256-token rows (docs/benchmarks.md): PyTorch's CPU
         # flash-attention kernel took ~26% of a training step, its backward above all; plain
