@@ -58,6 +58,17 @@ def run_command(  # long: one parameter per flag
         bool | None,
         typer.Option("--keep-loops/--drop-loops", help="Train on teacher answers that loop."),
     ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="all, or correct: train only on answers whose final answer is right."),
+    ] = None,
+    attempts: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --keep correct: asks per training prompt, at most."),
+    ] = None,
+    answer_pattern: Annotated[
+        str | None, typer.Option(help="Regex whose group 1 is the final answer (sample and eval).")
+    ] = None,
     max_heldout: Annotated[int | None, typer.Option(help="Held-out prompts to evaluate.")] = None,
     judge: Annotated[
         bool | None, typer.Option("--judge/--no-judge", help="Score answers with an LLM judge.")
@@ -96,6 +107,7 @@ def run_command(  # long: one parameter per flag
             "data_dir": recorded_data_dir(persona, loaded, data_dir),
             "price_in": price_in, "price_out": price_out,
             "batch": batch_flags(batch_api, batch_fallback, None, None),
+            "keep": keep, "attempts": attempts, "answer_pattern": answer_pattern,
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
                 "base_url": base_url, "endpoints": endpoints, "model": model,
@@ -110,6 +122,7 @@ def run_command(  # long: one parameter per flag
             "teacher_model": teacher_model,
         },
         "eval": {
+            "answer_pattern": answer_pattern,
             "max_heldout": max_heldout, "price_in": price_in, "price_out": price_out,
             "judge": {"enabled": judge},
         },

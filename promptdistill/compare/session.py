@@ -352,11 +352,11 @@ def open_session(
     Everything that must be shut down (the local teacher, the event loop) goes on `stack`.
     """
     from promptdistill.clients.keys import key_source, read_api_key
-    from promptdistill.personas import load_run_persona
+    from promptdistill.personas import load_run_persona, teacher_system
 
     r = resolve(run, cfg)
     persona = load_run_persona(r.sample.persona, r.sample.data_dir)
-    system_prompt = persona.persona.system_prompt
+    system_prompt = teacher_system(persona)  # with the persona's teacher instructions (#17)
     teacher_cfg = r.sample.teacher
     api_key = read_api_key(teacher_cfg, say) if teacher_cfg.base_url is not None else None
 

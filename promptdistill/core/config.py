@@ -44,6 +44,10 @@ class Persona(StrictModel):
     system_prompt: str = Field(min_length=1)
     prompt_sets: list[str] = Field(min_length=1)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    # issue #17: what only the teacher is told (e.g. "Think step by step, then end with Final
+    # Answer: N"); appended to its system prompt, stripped with it from the datums, so the
+    # student learns to reason unprompted (personas.teacher_system)
+    teacher_instructions: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -156,6 +160,7 @@ class PromptSet(StrictModel):
     categories: dict[str, Category] = Field(default_factory=dict)
     sources: list[PromptSource] = Field(default_factory=list)
     heldout: list[HeldoutPrompt] = Field(default_factory=list)
+    teacher_instructions: str | None = None  # for this set's prompts, after the persona's
 
     @model_validator(mode="after")
     def _slot_names(self) -> PromptSet:
@@ -244,6 +249,13 @@ class SampleConfig(StrictModel):
     # few models' list prices); the Batch API costs half
     price_in: float | None = Field(None, ge=0)
     price_out: float | None = Field(None, ge=0)
+
+    # issue #17: answers to prompts with a gold answer are graded (sampling/correct.py); with
+    # keep "correct" the wrong ones stay in samples.jsonl but not in the datums, and a training
+    # prompt is asked again, up to `attempts` times in all, until one answer is right
+    keep: Literal["all", "correct"] = "all"
+    attempts: int = Field(1, ge=1, le=100)
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN
 
 
 class PromptWriteConfig(StrictModel):

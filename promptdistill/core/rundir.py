@@ -250,6 +250,10 @@ class RunDir:
         merged[stage] = config
         atomic_write_yaml(self.config_path, merged)
 
+    def sample_keep(self) -> str:
+        """`sample --keep` (issue #17): "correct" leaves wrong answers out of the datums."""
+        return str((self.stage_config("sample") or {}).get("keep") or "all")
+
     def trained_student(self) -> StudentConfig:
         """The student the adapter was trained on: `config.yaml`'s train stage, else the
         adapter's own `base_model_name_or_path` (what eval, compare and export load)."""

@@ -150,7 +150,13 @@ def load_inputs(path: Path, cfg: EvalConfig, say: Callable[[str], None] | None =
     }
     heldout: list[Item] = []
     train: list[Item] = []
+    seen: set[str] = set()
     for r in records:
+        # a prompt's first answer only: with `sample --keep correct --attempts K` there may be
+        # more, and the first measures the teacher without best-of-K luck (issue #17)
+        if str(r["id"]) in seen:
+            continue
+        seen.add(str(r["id"]))
         split = (
             "heldout"
             if r.get("split") == "heldout"

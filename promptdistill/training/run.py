@@ -293,7 +293,9 @@ def _say_datums(data: Datums, cfg: DatumConfig, rebuilt: bool, say: Callable[...
         f"{st['dropped']} dropped (> --max-len {cfg.max_len}); teacher answers left out: "
         f"{st.get('loops', 0)} looping"
         + (" (kept: --keep-loops)" if cfg.keep_loops else "")
-        + f", {st.get('empty', 0)} empty{prefix_note(st)}; system prompt removed: "
+        + f", {st.get('empty', 0)} empty{prefix_note(st)}"
+        + (f", {st['incorrect']} wrong (--keep correct)" if st.get("keep") == "correct" else "")
+        + "; system prompt removed: "
         f"{st['system_tokens_removed_mean']:.0f} tokens/example" + ("" if rebuilt else " (cached)")
     )
     if st.get("skipped_lines"):
