@@ -149,3 +149,24 @@ def test_attempts_without_keep_correct_is_a_one_line_error(tmp_path: Path, teach
     assert "Traceback" not in out.stderr and teacher.requests == 0
     out = run_cli(cli_args(persona, tmp_path / "run", 2, teacher.base_url, "--keep", "right"))
     assert out.returncode == 2 and "--keep" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_keep_attempts_and_quantize_redo_the_stages_they_change() -> None:
+    """`run --keep correct --attempts K` are sampling settings (other samples), `--quantize` a
+    training one (the samples stay); teacher instructions are part of what was sampled."""
+    from promptdistill.pipeline.config import resolve_config
+    from promptdistill.pipeline.ledger import stage_fingerprints
+
+    def fps(flags: dict[str, Any], instructions: str = "") -> dict[str, str]:
+        return stage_fingerprints(resolve_config("mathtutor", None, None, flags, {}), instructions)
+
+    plain = fps({})
+    keep = resolve_config("mathtutor", None, None, {"sample": {"keep": "correct"}}, {})
+    assert keep.sample.keep == "correct" and keep.sample.attempts == 1
+    for flags in ({"sample": {"keep": "correct"}}, {"sample": {"keep": "correct", "attempts": 3}},
+                  {"sample": {"answer_pattern": r"Answer:\s*(\S+)"}}):  # fmt: skip
+        assert fps(flags)["sample"] != plain["sample"], flags
+    quantized = fps({"student": {"quantize": "4bit"}})
+    assert quantized["sample"] == plain["sample"] and quantized["train"] != plain["train"]
+    assert fps({}, "Think step by step.")["sample"] != plain["sample"]
+    assert fps({"sample": {"keep": "all", "attempts": 1}}) == plain  # the defaults: as before
