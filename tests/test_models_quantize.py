@@ -150,3 +150,76 @@ def test_gradients_through_the_4bit_base_stay_right_after_a_validation_pass(
     for name in (first, *list(ref)[-2:]):  # the first layer's gradients pass through them all
         error = float((got[name] - ref[name]).norm() / ref[name].norm())
         assert error < 0.15, (name, error)  # bf16 rounding; the repacked kernel gave ~0.6
+
+
+def quantized_run(root: Path, hidden: int, quantize: str, base_url: str) -> RunDir:
+    """A run as `sample` and `train` leave it, its student trained with `--quantize` as given."""
+    from fixtures_openai import write_persona
+    from peft import LoraConfig, get_peft_model
+
+    from promptdistill.models.load import load_causal_lm
+
+    model = make_tiny_model(root / "model", hidden=hidden)
+    run = RunDir(root / "run").create()
+    write_samples(run.samples, 8, heldout=3, words=(1, 3))
+    persona = write_persona(root / "data")
+    run.save_stage_config("sample", {
+        "persona": str(persona), "n": 8,
+        "sampling": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 6, "seed": 1},
+        "teacher": {"base_url": base_url, "model": "fake-teacher"},
+    })  # fmt: skip
+    student = {"model": str(model), "dtype": "bf16", "quantize": quantize}
+    run.save_stage_config("train", {"student": student})
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load_causal_lm(model, "fp32"), lora).save_pretrained(run.adapter)
+    return run
+
+
+@pytest.mark.slow
+def test_eval_and_compare_load_a_4bit_student_as_it_was_trained(tmp_path: Path) -> None:
+    from fake_openai import start_fake_server
+
+    with start_fake_server() as server:
+        run = quantized_run(tmp_path, 64, "4bit", server.base_url)
+        out = cli("eval", str(run.path), "--no-judge", "--latency-requests", "0",
+                  "--max-new-tokens", "4")  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr and "kernels-community" not in out.stderr
+        report = json.loads(run.report_json.read_text())
+        assert report["efficiency"]["student_dtype"] == "nf4 (bfloat16 compute)"
+        # the base parameters counted by their unpacked shape, not by the packed nf4 bytes
+        fp32 = sum(p.numel() for p in load_fp32(run).parameters())
+        assert report["efficiency"]["base_parameters"] == fp32
+        out = cli("compare", str(run.path), "--prompt", "Who are you?")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.startswith("[teacher]") and out.stdout.split("[student]\n")[1].strip()
+        assert "Traceback" not in out.stderr and "kernels-community" not in out.stderr
+
+
+def load_fp32(run: RunDir) -> Any:
+    from promptdistill.models.load import load_causal_lm
+
+    return load_causal_lm(run.trained_student().model, "fp32")
+
+
+@pytest.mark.slow
+def test_quantize_flag_reaches_eval_compare_and_export(tmp_path: Path) -> None:
+    """--quantize 4bit on a student trained unquantised: each command loads it in 4-bit (here
+    a hidden-32 model, which bitsandbytes' CPU kernels refuse: a one-line error says so)."""
+    from fake_openai import start_fake_server
+    from fixtures_openai import one_line_error
+
+    with start_fake_server() as server:
+        run = quantized_run(tmp_path, 32, "none", server.base_url)
+        commands = (
+            ("eval", str(run.path), "--no-judge", "--latency-requests", "0"),
+            ("compare", str(run.path), "--prompt", "Who are you?"),
+            ("export", str(run.path), "--merged", str(tmp_path / "merged")),
+        )
+        for args in commands:
+            line = one_line_error(cli(*args, "--quantize", "4bit"), 2)
+            assert "hidden_size 32" in line and "multiples of 64" in line, (args, line)
+            line = one_line_error(cli(*args, "--quantize", "int8"), 2)
+            assert "--quantize int8: use none or 4bit" in line, args
+    assert not (tmp_path / "merged").exists() and not run.report_json.exists()
