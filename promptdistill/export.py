@@ -39,8 +39,13 @@ def export_merged(
     adapter = run.require_adapter()
     student = run.trained_student()
     base_name = student.model
+    in_4bit = (quantize or student.quantize) == "4bit"
+    if in_4bit and student.quantize != "4bit":
+        from promptdistill.models.quantize import check_4bit
+
+        check_4bit(base_name)
     with new_folder(out, "--merged") as tmp:  # checked before the merge, which takes minutes
-        if (quantize or student.quantize) == "4bit":
+        if in_4bit:
             log(
                 f"{base_name} was trained in 4-bit (nf4): dequantising it to {dtype} first, "
                 f"then merging {adapter} into the weights it was trained on ..."

@@ -337,6 +337,10 @@ def resolve(run: RunDir, cfg: CompareConfig) -> Resolved:
     adapter = run.require_adapter()
     student = run.trained_student()
     if cfg.quantize is not None:  # --quantize: the base in 4-bit or not, else as trained (#17)
+        if cfg.quantize == "4bit" and student.quantize != "4bit":
+            from promptdistill.models.quantize import check_4bit
+
+            check_4bit(student.model)  # before the teacher is asked or anything printed
         student = student.model_copy(update={"quantize": cfg.quantize})
     return Resolved(sample=sample, student=student, adapter=adapter, sampling=sample.sampling)
 

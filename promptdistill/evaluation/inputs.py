@@ -123,10 +123,10 @@ def _student(run: RunDir, cfg: EvalConfig) -> StudentConfig:
     """The trained student, in 4-bit or not as eval's --quantize says (default: as trained)."""
     student = run.trained_student()
     if cfg.quantize is not None and cfg.quantize != student.quantize:
-        from promptdistill.models.quantize import require_bitsandbytes
+        from promptdistill.models.quantize import check_4bit
 
         if cfg.quantize == "4bit":
-            require_bitsandbytes()
+            check_4bit(student.model)  # a one-line error now, not after minutes of eval
         student = student.model_copy(update={"quantize": cfg.quantize})
     return student
 

@@ -46,6 +46,17 @@ def require_bitsandbytes(flag: str = "--quantize 4bit") -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # see cli/app.py
 
 
+def check_4bit(name: str) -> None:
+    """`--quantize 4bit` on a student trained without it (eval, compare, export), checked before
+    any work: bitsandbytes installed and, on a machine without CUDA, the model's widths."""
+    import torch
+
+    from promptdistill.models.resolve import resolve_model
+
+    require_bitsandbytes()
+    check_widths(resolve_model(name), "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def check_widths(model_dir: Path, device: str) -> None:
     """On CPU: every linear layer's input width a multiple of the 4-bit block (a one-line
     error instead of bitsandbytes' reshape error at the first forward)."""
