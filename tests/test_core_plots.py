@@ -28,7 +28,7 @@ def test_train_writes_the_dashboard_with_every_panel(tmp_path: Path) -> None:
         "--epochs", "2", "--eval-every", "3", "--batch-tokens", "512", "--lr", "2e-2",
         "--warmup", "2",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"dashboard: {run.train_dashboard}" in out.stdout.replace("\n", "")
     assert run.train_dashboard.read_bytes()[:4] == b"\x89PNG"
