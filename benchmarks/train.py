@@ -194,6 +194,8 @@ def run_ours(a: argparse.Namespace, quantize: str = "none") -> dict[str, Any]:
     # steady state: without the first WARM steps (allocator and oneDNN kernel warm-up)
     steady = rows[WARM:]
     steady_rate = sum(r["tokens"] for r in steady) / max(1e-9, sum(r["step_s"] for r in steady))
+    # per CPU second of the whole process (all threads): what a loaded machine does not skew
+    cpu_rate = sum(r["tokens"] for r in steady) / max(1e-9, sum(r["cpu_s"] for r in steady))
     examples = int(sum(r["tokens"] for r in rows) / mean_len)
     # val loss of the trained adapter, by the same function as for the HF runs (fp32 base)
     from peft import PeftModel
@@ -208,6 +210,7 @@ def run_ours(a: argparse.Namespace, quantize: str = "none") -> dict[str, Any]:
         "weights_mb": weights,
         "tokens_per_s": res.tokens_per_s,
         "steady_tokens_per_s": steady_rate,
+        "tokens_per_cpu_s": cpu_rate,
         "losses": losses,
         "data_wait_pct": 100 * res.data_wait_fraction,
         "wall_s": wall,
@@ -384,9 +387,12 @@ def main() -> None:
                 f"round {k + 1} {name:8s} {r['tokens_per_s']:8.1f} tok/s "
                 f"({r['steady_tokens_per_s']:.1f} steady)  final train loss {r['final_loss']:.4f}"
                 f"  val loss {r['val_loss']:.4f}  data wait {r['data_wait_pct']:.2f}%  "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s",
+                f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s"
+                + (f"  (while training: peak RSS {r['train_peak_rss_mb']:.0f} MB, weights "
+                   f"{r['weights_mb']:.0f} MB, {r['tokens_per_cpu_s']:.1f} tok per CPU s)"
+                   if "weights_mb" in r else ""),
                 flush=True,
-            )
+            )  # fmt: skip
     print(f"load after: {os.getloadavg()[0]:.2f}")
     report(results)
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -453,6 +459,7 @@ def quantized(bf16: list[dict[str, Any]], q4: list[dict[str, Any]]) -> None:
     for key, label, f in (("train_peak_rss_mb", "peak RSS while training, MB", ".0f"),
                           ("weights_mb", "model weights, MB", ".0f"),
                           ("tokens_per_s", "tokens/s", ".1f"),
+                          ("tokens_per_cpu_s", "tokens per CPU second (steady)", ".1f"),
                           ("val_loss", "val loss", ".4f")):  # fmt: skip
         ratio = statistics.median(r[key] for r in q4) / statistics.median(r[key] for r in bf16)
         print(f"{label:32s} bf16 {stat(bf16, key, f):>22s}  4bit {stat(q4, key, f):>22s}  "
