@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from fake_openai import start_fake_server
-from fixtures_openai import cli_args, run_cli, samples, user_prompt
+from fixtures_openai import cli_args, one_line_error, run_cli, samples, user_prompt
 
 SUMS = [(12, 30), (7, 8), (40, 2), (101, 99), (5, 5)]
 NEVER = "40 + 2"  # the teacher never gets this one right
@@ -170,3 +170,31 @@ def test_run_keep_attempts_and_quantize_redo_the_stages_they_change() -> None:
     assert quantized["sample"] == plain["sample"] and quantized["train"] != plain["train"]
     assert fps({}, "Think step by step.")["sample"] != plain["sample"]
     assert fps({"sample": {"keep": "all", "attempts": 1}}) == plain  # the defaults: as before
+
+
+def test_keep_correct_with_a_batch_flag_is_refused_before_the_run(
+    tmp_path: Path, teacher: Any
+) -> None:
+    """Batch answers are merged ungraded and all at once, so --keep correct / --attempts cannot
+    ask a wrong one again: one line naming both flags, before the run directory exists."""
+    persona = write_math_persona(tmp_path)
+    results = tmp_path / "results.jsonl"
+    results.write_text("")
+    cases = [
+        (("--keep", "correct", "--batch-api"), "--keep correct with --batch-api"),
+        (("--keep", "correct", "--attempts", "3", "--write-batch-file", "f.jsonl"),
+         "--keep correct --attempts 3 with --write-batch-file"),
+        (("--attempts", "2", "--read-batch-file", str(results)),
+         "--attempts 2 with --read-batch-file"),
+    ]  # fmt: skip
+    for i, (flags, named) in enumerate(cases):
+        run = tmp_path / f"run{i}"
+        line = one_line_error(run_cli(cli_args(persona, run, 2, teacher.base_url, *flags)), 2)
+        assert named in line and "sample online" in line, line
+        assert not run.exists()
+    pipeline = cli_args(persona, tmp_path / "p", 2, teacher.base_url, "--keep", "correct",
+                        "--batch-api")  # fmt: skip
+    pipeline[3] = "run"
+    line = one_line_error(run_cli(pipeline), 2)
+    assert "--keep correct with --batch-api" in line and not (tmp_path / "p").exists()
+    assert teacher.requests == 0

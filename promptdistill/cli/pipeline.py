@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags
+from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags, check_batch_keep
 from promptdistill.cli.common import DataDir, QuantizeOption, Turns, quantize_flag, stderr, stdout
 from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
 from promptdistill.core.errors import UserError
@@ -134,6 +134,9 @@ def run_command(  # long: one parameter per flag
         raise UserError("--batch-api takes one --base-url: the endpoint that holds the batches")
     cfg = resolve_config(
         persona, preset, config_file, flags, loaded.persona.sampling.model_dump(exclude_none=True)
+    )
+    check_batch_keep(
+        cfg.sample.keep, cfg.sample.attempts, "--batch-api" if cfg.sample.batch.api else None
     )
     if cfg.sample.batch.api and cfg.stream:
         raise UserError(

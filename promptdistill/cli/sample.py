@@ -17,8 +17,10 @@ from promptdistill.cli.batch import (
     PriceOut,
     ReadBatchFile,
     WriteBatchFile,
+    batch_flag,
     batch_flags,
     check_batch_flags,
+    check_batch_keep,
     print_batch_outcome,
 )
 from promptdistill.cli.common import DataDir, Turns, stdout
@@ -157,6 +159,8 @@ def sample(  # long: one parameter per flag
     config = validate(
         SampleConfig, merge({"sampling": loaded.persona.sampling.model_dump()}, flags)
     )
+    batch = batch_flag(write_batch_file, read_batch_file, config.batch.api)
+    check_batch_keep(config.keep, config.attempts, None if cancel_batches else batch)
     console = stdout()
     # sample_run checks what it can, then creates the run and holds its lock (core/rundir.py)
     batches = None

@@ -50,6 +50,13 @@ def batch_runner(action: BatchAction | None) -> Callable[[Prepared], None]:
                 f"--turns {prepared.config.turns}: a conversation's next turn is written from "
                 "the teacher's answer, so it cannot be asked in a batch; sample it online"
             )
+        config = prepared.config
+        grading = config.keep == "correct" or config.attempts > 1  # cli/batch.py checks first
+        if grading and (action is None or action.kind != "cancel"):
+            raise UserError(
+                f"keep: {config.keep}, attempts: {config.attempts}: batch answers are not "
+                "graded against the gold answers, so no wrong one is asked again; sample online"
+            )
         work = batch_work(prepared)
         if action is None:
             sample_batches(work)
