@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
+from fake_batches import FakeBatches
 from fake_openai import start_fake_server
 from fixtures_openai import cli_args, run_cli
 from tiny import make_tiny_smollm_model
@@ -89,3 +91,29 @@ def test_teacher_instructions_reach_the_teacher_and_never_the_student(tmp_path: 
     with start_fake_server(responder=respond) as server:
         out = run_cli(cli_args(persona, run, 8, server.base_url))
     assert out.returncode == 2 and "teacher instructions" in out.stderr
+
+
+def test_a_batch_file_asks_what_online_sampling_asks(tmp_path: Path) -> None:
+    """--write-batch-file carries the teacher instructions as an online request does (the
+    batch paths build their jobs apart from online sampling), and --read-batch-file keeps the
+    system prompt the teacher was sent."""
+    import sys
+
+    from promptdistill.core.samples import SampleReader
+
+    persona = write_persona(tmp_path)
+    run, batch = tmp_path / "run", tmp_path / "batch.jsonl"
+    offline = [sys.executable, "-m", "promptdistill", "sample", str(persona), "--run", str(run),
+               "-n", "8", "--model", "fake-teacher"]  # fmt: skip
+    wrote = run_cli([*offline, "--write-batch-file", str(batch)])
+    assert wrote.returncode == 0, wrote.stderr
+    lines = [orjson.loads(x) for x in batch.read_bytes().splitlines() if x.strip()]
+    want = f"{SYSTEM}\n\n{PERSONA_NOTE}\n\n{SET_NOTE}"
+    assert len(lines) == 8 and all(x["body"]["messages"][0]["content"] == want for x in lines)
+    with start_fake_server(batches=FakeBatches()) as server:
+        results = tmp_path / "results.jsonl"
+        results.write_bytes(server.batches.run_batch(batch.read_bytes()))
+    read = run_cli([*offline, "--read-batch-file", str(results)])
+    assert read.returncode == 0, read.stdout + read.stderr
+    records = list(SampleReader(run / "samples.jsonl").records())
+    assert len(records) == 8 and all(r["messages"][0]["content"] == want for r in records)
