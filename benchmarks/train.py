@@ -8,7 +8,10 @@ tokens for HF), through three trainers:
            loss only at answer positions, prefetch thread);
 - tuned:   HF Trainer as a user tuning for speed: padding collator, group_by_length sampler,
            bf16=True (CPU autocast);
-- default: HF Trainer with default TrainingArguments (fp32, random sampler, padding collator).
+- default: HF Trainer with default TrainingArguments (fp32, random sampler, padding collator);
+- ours4bit: ours with `--quantize 4bit` (QLoRA: nf4 base, double quantised, bf16 compute;
+           issue #17), against `ours` on the same data: peak RSS, the model's weight bytes and
+           tokens/s. Pass `--trainers ours,ours4bit`.
 
 Each trainer runs in its own subprocess, so peak RSS is its own. Tokens/s counts real (non-pad)
 tokens. "equal loss" is checked on the mean training loss of the last quarter of the steps and
@@ -17,6 +20,7 @@ on the validation loss of each trained adapter, computed by one function on the 
     .venv/bin/python benchmarks/train.py --steps 10 --batch 8 --examples 400 --threads 0
         # 3 interleaved rounds of the three trainers, ~20 minutes on 2 cores
     .venv/bin/python benchmarks/train.py --steps 4 --examples 200 --rounds 1  # quick check
+    .venv/bin/python benchmarks/train.py --trainers ours,ours4bit --steps 8 --rounds 3
 
 Rounds are interleaved (ours, tuned, default; then tuned, default, ours; ...) and the ratios
 are those of the medians: on a shared machine the speed drifts by a third over minutes (the
@@ -145,7 +149,13 @@ def val_loss(lm: Any, data: Any, val_idx: Any) -> float:
 # --------------------------------------------------------------------------- trainers
 
 
-def run_ours(a: argparse.Namespace) -> dict[str, Any]:
+def weight_mb(model: Any) -> float:
+    """Bytes the model's parameters and buffers hold (a 4-bit weight: its packed bytes)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def run_ours(a: argparse.Namespace, quantize: str = "none") -> dict[str, Any]:
     from rich.console import Console
 
     from promptdistill.core.config import DatumConfig, StudentConfig, TrainConfig
@@ -171,29 +181,36 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = train_run(
         RunDir(a.run),
-        StudentConfig(),
+        StudentConfig(quantize=quantize),  # type: ignore[arg-type]
         DatumConfig(max_len=a.max_len, keep_loops=True),
         cfg,
         console,
         fresh=True,
     )
     wall = time.perf_counter() - t0
+    trained_rss = peak_rss_mb()  # before the fp32 model for the val loss below is loaded
     rows = [r for r in read_jsonl(a.run / "metrics.jsonl") if r.get("type") == "train"]
     losses = [r["loss"] for r in rows]
     # steady state: without the first WARM steps (allocator and oneDNN kernel warm-up)
     steady = rows[WARM:]
     steady_rate = sum(r["tokens"] for r in steady) / max(1e-9, sum(r["step_s"] for r in steady))
+    # per CPU second of the whole process (all threads): what a loaded machine does not skew
+    cpu_rate = sum(r["tokens"] for r in steady) / max(1e-9, sum(r["cpu_s"] for r in steady))
     examples = int(sum(r["tokens"] for r in rows) / mean_len)
     # val loss of the trained adapter, by the same function as for the HF runs (fp32 base)
     from peft import PeftModel
 
     from promptdistill.models.load import load_causal_lm
 
+    weights = weight_mb(load_causal_lm("smollm2-135m", "auto", quantize=quantize))
     base = load_causal_lm("smollm2-135m", dtype="fp32")
     model = PeftModel.from_pretrained(base, str(a.run / "adapter"))
     return {
+        "train_peak_rss_mb": trained_rss,
+        "weights_mb": weights,
         "tokens_per_s": res.tokens_per_s,
         "steady_tokens_per_s": steady_rate,
+        "tokens_per_cpu_s": cpu_rate,
         "losses": losses,
         "data_wait_pct": 100 * res.data_wait_fraction,
         "wall_s": wall,
@@ -323,7 +340,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--samples", type=Path, default=None, help="use a real RUN/samples.jsonl")
-    ap.add_argument("--only", choices=["ours", "tuned", "default"], default=None)
+    ap.add_argument("--only", choices=["ours", "ours4bit", "tuned", "default"], default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each trainer, interleaved")
     ap.add_argument("--trainers", default="ours,tuned,default")
@@ -337,6 +354,7 @@ def main() -> None:
             torch.set_num_threads(a.threads)
         fn = {
             "ours": run_ours,
+            "ours4bit": lambda x: run_ours(x, "4bit"),
             "tuned": lambda x: run_hf(x, True),
             "default": lambda x: run_hf(x, False),
         }[a.only]
@@ -357,7 +375,7 @@ def main() -> None:
         f"torch threads: {a.threads or 'default'}, {a.rounds} round(s)",
         flush=True,
     )
-    names = [n for n in ("ours", "tuned", "default") if n in a.trainers.split(",")]
+    names = [n for n in ("ours", "ours4bit", "tuned", "default") if n in a.trainers.split(",")]
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for k in range(a.rounds):
         # the order turns every round, so that no trainer always runs first (or last) while
@@ -369,9 +387,12 @@ def main() -> None:
                 f"round {k + 1} {name:8s} {r['tokens_per_s']:8.1f} tok/s "
                 f"({r['steady_tokens_per_s']:.1f} steady)  final train loss {r['final_loss']:.4f}"
                 f"  val loss {r['val_loss']:.4f}  data wait {r['data_wait_pct']:.2f}%  "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s",
+                f"peak RSS {r['peak_rss_mb']:.0f} MB  wall {r['wall_s']:.1f}s"
+                + (f"  (while training: peak RSS {r['train_peak_rss_mb']:.0f} MB, weights "
+                   f"{r['weights_mb']:.0f} MB, {r['tokens_per_cpu_s']:.1f} tok per CPU s)"
+                   if "weights_mb" in r else ""),
                 flush=True,
-            )
+            )  # fmt: skip
     print(f"load after: {os.getloadavg()[0]:.2f}")
     report(results)
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -406,6 +427,9 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
         n: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "steady_tokens_per_s")}
         for n, rs in results.items()
     }
+    if "ours" in results and "ours4bit" in results:
+        quantized(results["ours"], results["ours4bit"])
+    results = {n: rs for n, rs in results.items() if n != "ours4bit"}
     if "ours" not in results:
         return
     ours = results["ours"]
@@ -423,6 +447,23 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
             f"{100 * (ours[0]['final_loss'] / other[0]['final_loss'] - 1):+.1f}%, val loss "
             f"{100 * (ours[0]['val_loss'] / other[0]['val_loss'] - 1):+.1f}%"
         )
+
+
+def quantized(bf16: list[dict[str, Any]], q4: list[dict[str, Any]]) -> None:
+    """4-bit against bf16 on the same run: memory and speed, medians with their ranges."""
+
+    def stat(rs: list[dict[str, Any]], key: str, f: str) -> str:
+        xs = [r[key] for r in rs if r.get(key) is not None]
+        return f"{statistics.median(xs):{f}} [{min(xs):{f}}-{max(xs):{f}}]" if xs else "-"
+
+    for key, label, f in (("train_peak_rss_mb", "peak RSS while training, MB", ".0f"),
+                          ("weights_mb", "model weights, MB", ".0f"),
+                          ("tokens_per_s", "tokens/s", ".1f"),
+                          ("tokens_per_cpu_s", "tokens per CPU second (steady)", ".1f"),
+                          ("val_loss", "val loss", ".4f")):  # fmt: skip
+        ratio = statistics.median(r[key] for r in q4) / statistics.median(r[key] for r in bf16)
+        print(f"{label:32s} bf16 {stat(bf16, key, f):>22s}  4bit {stat(q4, key, f):>22s}  "
+              f"4bit/bf16 {ratio:.2f}x (median of {len(q4)})")  # fmt: skip
 
 
 if __name__ == "__main__":

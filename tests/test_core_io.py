@@ -110,10 +110,12 @@ def test_run_dir_names_every_file_and_knows_the_trained_student(tmp_path: Path) 
     run = RunDir(tmp_path / "run").create()
     named = {p.name for p in (run.samples, run.failures, run.system_prompts, run.batches,
                               run.datums,
-                              run.checkpoints,
-                              run.adapter, run.metrics, run.loss_png, run.report_json,
-                              run.report_md, run.report_answers)}  # fmt: skip
-    named |= {run.report_plot(k).name for k in ("loss", "metrics", "judge")}
+                              run.checkpoints, run.adapter, run.metrics, run.loss_png,
+                              run.train_dashboard, run.report_json, run.report_md,
+                              run.report_answers)}  # fmt: skip
+    named |= {
+        run.report_plot(k).name for k in ("loss", "metrics", "judge", "accuracy", "correctness")
+    }
     assert named == {name for files in STAGE_FILES.values() for name in files}
     with pytest.raises(UserError, match="promptdistill train"):
         run.require_adapter()

@@ -154,6 +154,20 @@ def test_eval_writes_a_complete_report(evaluated: tuple[Path, Any]) -> None:
     assert "## Teacher, student and base" in md and "![training loss](report-loss.png)" in md
     for png in ("report-loss.png", "report-metrics.png", "report-judge.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    # the training dashboard (drawn here: this run was not trained by `train`) is linked
+    assert "![training dashboard](train-dashboard.png)" in md
+    assert (run / "train-dashboard.png").read_bytes()[:4] == b"\x89PNG"
+    # every bar of report-metrics.png carries its interval (issue #17)
+    from promptdistill.evaluation.plots import metric_panels
+
+    panels = dict(metric_panels(report))
+    assert {"ROUGE-L vs teacher", "judge, in character (1-10)"} <= set(panels)
+    for title, stats in panels.items():
+        for model, stat in stats.items():
+            assert stat["lo"] is not None and stat["lo"] <= stat["mean"] <= stat["hi"], (
+                title,
+                model,
+            )
     assert "prompt effect recovered" in out.stdout
     for f in run.glob("report*"):
         assert KEY not in f.read_text(errors="replace")
@@ -322,3 +336,45 @@ def test_multi_turn_eval_reports_fidelity_at_the_first_and_last_turn(
     single = orjson.loads((evaluated[0] / "report.json").read_bytes())
     assert "by_turn" not in single["persona_fidelity"]
     assert not any(k.endswith("_turn") for k in single["summary"])
+
+
+# --------------------------------------------------------------------------- gold answers (#17)
+
+
+@pytest.mark.slow
+def test_gold_answers_get_accuracy_with_intervals_and_a_correctness_grid(tmp_path: Path) -> None:
+    """A prompt set with gold answers: final-answer accuracy and answer length for teacher,
+    student and base, with intervals; the accuracy plot and the per-prompt grid."""
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    run = make_run(tmp_path, model_dir, n=16, heldout=6)
+    lines = (run / "samples.jsonl").read_bytes().splitlines()
+    records = [orjson.loads(x) for x in lines]
+    for k, r in enumerate(records):  # the teacher is right on every other prompt
+        r["gold"] = "4"
+        r["messages"][-1]["content"] += f"\nFinal Answer: {4 if k % 2 == 0 else 5}"
+    (run / "samples.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    out = run_eval(run, "--no-judge", "--latency-requests", "0", "--max-new-tokens", "8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = orjson.loads((run / "report.json").read_bytes())
+    task = report["task"]
+    for source in ("teacher", "student_sampled", "base_sampled", "student_greedy"):
+        acc = task[source]["final_answer_accuracy"]
+        assert acc["n"] == task["answers_with_gold"] and acc["lo"] is not None, source
+        assert acc["lo"] <= acc["mean"] <= acc["hi"]
+        assert task[source]["answer_tokens"]["mean"] > 0
+    assert 0.0 < task["teacher"]["final_answer_accuracy"]["mean"] < 1.0
+    s = report["summary"]
+    assert s["answer_tokens_teacher"] > s["answer_tokens_student"] > 0  # 8 new tokens at most
+    rows = [orjson.loads(x) for x in (run / "report-answers.jsonl").read_bytes().splitlines()]
+    assert all(set(r["correct"]) >= {"teacher", "student_sampled", "base_greedy"} for r in rows)
+    assert sum(r["correct"]["teacher"] for r in rows) == round(
+        task["teacher"]["final_answer_accuracy"]["mean"] * len(rows)
+    )
+    plots = report["files"]["plots"]
+    assert plots["accuracy"] == "report-accuracy.png"
+    assert plots["correctness"] == "report-correctness.png"
+    for png in plots.values():
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    md = (run / "report.md").read_text()
+    assert "![per-prompt correctness](report-correctness.png)" in md
+    assert "task: answer length (tokens)" in md and "task: final answer accuracy" in md

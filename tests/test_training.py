@@ -216,6 +216,12 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, tiny_model: Pat
     assert sorted(b) == list(range(1, 11))
     for step in range(1, 11):
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+    # so are the gradient norms the dashboard plots (issue #17)
+    norms = [
+        {r["step"]: r["grad_norm"] for r in read_jsonl(x.metrics) if r["type"] == "train"}
+        for x in (straight, resumed)
+    ]
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
     from safetensors.torch import load_file
 
     wa = load_file(str(straight.file("adapter/adapter_model.safetensors")))

@@ -99,14 +99,16 @@ def make_tiny_tokenizer(out_dir: Path, chat_template: str = CHATML_TEMPLATE) -> 
     return out_dir
 
 
-def _save_tiny_llama(out_dir: Path, vocab_size: int, eos_id: int, pad_id: int, seed: int) -> None:
+def _save_tiny_llama(
+    out_dir: Path, vocab_size: int, eos_id: int, pad_id: int, seed: int, hidden: int = 32
+) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -121,13 +123,14 @@ def _save_tiny_llama(out_dir: Path, vocab_size: int, eos_id: int, pad_id: int, s
     model.save_pretrained(out_dir, safe_serialization=True)
 
 
-def make_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """A random 2-layer Llama (hidden 32) plus the tiny ChatML tokenizer, in one directory."""
+def make_tiny_model(out_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
+    """A random 2-layer Llama (hidden 32; 64 for bitsandbytes' CPU 4-bit kernels, which need
+    multiples of 64) plus the tiny ChatML tokenizer, in one directory."""
     from transformers import AutoTokenizer
 
     make_tiny_tokenizer(out_dir)
     tok = AutoTokenizer.from_pretrained(out_dir)
-    _save_tiny_llama(out_dir, len(tok), tok.eos_token_id, tok.pad_token_id, seed)
+    _save_tiny_llama(out_dir, len(tok), tok.eos_token_id, tok.pad_token_id, seed, hidden)
     return out_dir
 
 

@@ -9,6 +9,7 @@ commands that need them, so `promptdistill sample` starts in a fraction of a sec
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     # `kill` and `timeout` send SIGTERM: unwind like Ctrl-C does, so context managers stop the
     # local teacher subprocess and flush files instead of leaving a server running
     signal.signal(signal.SIGTERM, _terminate)
+    # bitsandbytes (the optional `quantize` extra, imported by PEFT whenever it is installed)
+    # warns at import on AVX512-BF16 CPUs that it cannot fetch an optional kernel from the hub;
+    # its pure-torch path works, and the warning would only clutter every command's output
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         # standalone_mode=False: click *returns* the code of a `typer.Exit(code)` raised by a
         # command instead of raising it, so it must be passed on here

@@ -95,8 +95,7 @@ def check_batch_flags(
             "is to answer it (e.g. the one `vllm run-batch --model M` serves)"
         )
     flag = "--cancel-batches" if cancel else "--batch-api"
-    batch = next((f for f, on in (("--write-batch-file", write), ("--read-batch-file", read),
-                                  ("--batch-api", batch_api)) if on), None)  # fmt: skip
+    batch = batch_flag(write, read, batch_api)
     if batch is not None and turns is not None and turns > 1:  # batch_run.py says it again
         raise UserError(
             f"--turns {turns} with {batch}: a conversation's next turn is written from the "
@@ -109,6 +108,27 @@ def check_batch_flags(
         )
     if (batch_api or cancel) and len(base_urls or []) > 1:
         raise UserError(f"{flag} takes one --base-url: the endpoint that holds the batches")
+
+
+def batch_flag(write: Path | None, read: Path | None, batch_api: bool | None) -> str | None:
+    """The batch flag that answers the prompts instead of online sampling, if any."""
+    given = (("--write-batch-file", write), ("--read-batch-file", read), ("--batch-api", batch_api))
+    return next((f for f, on in given if on), None)
+
+
+def check_batch_keep(keep: str, attempts: int, batch: str | None) -> None:
+    """--keep correct grades each answer as it arrives and asks a wrong one again (sampling/
+    correct.py, issue #17); a batch's answers are merged ungraded, all at once (checked before
+    the run is created; batch_run.py says it again)."""
+    if batch is None or (keep != "correct" and attempts <= 1):
+        return
+    given = [f for f, on in (("--keep correct", keep == "correct"),
+                             (f"--attempts {attempts}", attempts > 1)) if on]  # fmt: skip
+    flag = " ".join(given)
+    raise UserError(
+        f"{flag} with {batch}: batch answers are not graded against the gold answers, so no "
+        f"wrong one is asked again; sample online (drop {batch}) to keep only correct answers"
+    )
 
 
 def print_batch_outcome(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, cast
 
 import typer
 from rich.console import Console
+
+from promptdistill.core.errors import UserError
 
 DataDir = Annotated[
     Path | None,
@@ -25,6 +27,21 @@ Turns = Annotated[
         "user simulator writes the next user message.",
     ),
 ]
+
+QuantizeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="none, or 4bit: the student's base in 4-bit nf4 (QLoRA; needs the `quantize` "
+        "extra). Default: as the student was trained (train: none).",
+    ),
+]
+
+
+def quantize_flag(value: str | None) -> Literal["none", "4bit"] | None:
+    """--quantize, checked: a one-line error for anything but none or 4bit."""
+    if value not in (None, "none", "4bit"):
+        raise UserError(f"--quantize {value}: use none or 4bit")
+    return cast(Literal["none", "4bit"] | None, value)
 
 
 def stdout() -> Console:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from promptdistill.cli.common import stdout
+from promptdistill.cli.common import QuantizeOption, quantize_flag, stdout
 
 
 def compare(
@@ -42,6 +42,7 @@ def compare(
     base: Annotated[
         bool, typer.Option("--base", help="Also show the base model (no prompt, no adapter).")
     ] = False,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Ask the teacher (with the system prompt) and the student (without it) side by side.
 
@@ -64,7 +65,7 @@ def compare(
         {
             "base_url": base_url, "model": model, "api_key_env": api_key_env,
             "api_key_file": api_key_file, "temperature": temperature, "max_tokens": max_tokens,
-            "seed": seed, "base": base,
+            "seed": seed, "base": base, "quantize": quantize_flag(quantize),
         },
     )  # fmt: skip
     interactive = not prompt and sys.stdin.isatty()

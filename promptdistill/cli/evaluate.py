@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from promptdistill.cli.common import stderr, stdout
+from promptdistill.cli.common import QuantizeOption, quantize_flag, stderr, stdout
+from promptdistill.core.answers import DEFAULT_ANSWER_PATTERN
 from promptdistill.core.errors import UserError
 
 
@@ -48,8 +49,9 @@ def eval_command(
     answer_pattern: Annotated[
         str,
         typer.Option(help="Regex whose group 1 is the final answer (else the last line)."),
-    ] = r"Final Answer:\s*(.+)",
+    ] = DEFAULT_ANSWER_PATTERN,
     batch_size: Annotated[int, typer.Option(min=1, help="Generation batch size.")] = 32,
+    quantize: QuantizeOption = None,
     latency_requests: Annotated[
         int, typer.Option(min=0, help="Single requests timed per model (0: skip).")
     ] = 3,
@@ -86,7 +88,7 @@ def eval_command(
             "judge": validate(JudgeConfig, judge), "price_in": price_in, "price_out": price_out,
             "max_heldout": max_heldout, "max_new_tokens": max_new_tokens, "seed": seed,
             "answer_pattern": answer_pattern, "batch_size": batch_size,
-            "latency_requests": latency_requests,
+            "latency_requests": latency_requests, "quantize": quantize_flag(quantize),
         },
     )  # fmt: skip
     from promptdistill.evaluation.report import (

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags
-from promptdistill.cli.common import DataDir, Turns, stderr, stdout
+from promptdistill.cli.batch import BatchApi, BatchFallback, batch_flags, check_batch_keep
+from promptdistill.cli.common import DataDir, QuantizeOption, Turns, quantize_flag, stderr, stdout
 from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
 from promptdistill.core.errors import UserError
 
@@ -44,6 +44,7 @@ def run_command(  # long: one parameter per flag
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    quantize: QuantizeOption = None,
     objective: Annotated[
         str | None, typer.Option(help="What the student learns from: sft, kd or onpolicy.")
     ] = None,
@@ -56,6 +57,17 @@ def run_command(  # long: one parameter per flag
     keep_loops: Annotated[
         bool | None,
         typer.Option("--keep-loops/--drop-loops", help="Train on teacher answers that loop."),
+    ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="all, or correct: train only on answers whose final answer is right."),
+    ] = None,
+    attempts: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --keep correct: asks per training prompt, at most."),
+    ] = None,
+    answer_pattern: Annotated[
+        str | None, typer.Option(help="Regex whose group 1 is the final answer (sample and eval).")
     ] = None,
     max_heldout: Annotated[int | None, typer.Option(help="Held-out prompts to evaluate.")] = None,
     judge: Annotated[
@@ -95,6 +107,7 @@ def run_command(  # long: one parameter per flag
             "data_dir": recorded_data_dir(persona, loaded, data_dir),
             "price_in": price_in, "price_out": price_out,
             "batch": batch_flags(batch_api, batch_fallback, None, None),
+            "keep": keep, "attempts": attempts, "answer_pattern": answer_pattern,
             "sampling": {"max_tokens": max_tokens, "temperature": temperature},
             "teacher": {
                 "base_url": base_url, "endpoints": endpoints, "model": model,
@@ -102,13 +115,14 @@ def run_command(  # long: one parameter per flag
                 "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
             },
         },
-        "student": {"model": student, "dtype": dtype},
+        "student": {"model": student, "dtype": dtype, "quantize": quantize_flag(quantize)},
         "datums": {"keep_loops": keep_loops},
         "train": {
             "epochs": epochs, "steps": steps, "lr": lr, "lora_r": lora_r, "objective": objective,
             "teacher_model": teacher_model,
         },
         "eval": {
+            "answer_pattern": answer_pattern,
             "max_heldout": max_heldout, "price_in": price_in, "price_out": price_out,
             "judge": {"enabled": judge},
         },
@@ -120,6 +134,9 @@ def run_command(  # long: one parameter per flag
         raise UserError("--batch-api takes one --base-url: the endpoint that holds the batches")
     cfg = resolve_config(
         persona, preset, config_file, flags, loaded.persona.sampling.model_dump(exclude_none=True)
+    )
+    check_batch_keep(
+        cfg.sample.keep, cfg.sample.attempts, "--batch-api" if cfg.sample.batch.api else None
     )
     if cfg.sample.batch.api and cfg.stream:
         raise UserError(

@@ -17,12 +17,15 @@ from promptdistill.cli.batch import (
     PriceOut,
     ReadBatchFile,
     WriteBatchFile,
+    batch_flag,
     batch_flags,
     check_batch_flags,
+    check_batch_keep,
     print_batch_outcome,
 )
 from promptdistill.cli.common import DataDir, Turns, stdout
 from promptdistill.cli.endpoints import BaseUrls, parse_base_urls
+from promptdistill.core.answers import DEFAULT_ANSWER_PATTERN
 from promptdistill.core.errors import UserError
 
 
@@ -75,6 +78,26 @@ def sample(  # long: one parameter per flag
     ] = None,
     turns: Turns = None,
     data_dir: DataDir = None,
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="all: train on every answer; correct: answers to prompts with a gold answer "
+            "train only when their final answer is right (the rest stay in samples.jsonl, "
+            "marked correct: false).",
+        ),
+    ] = "all",
+    attempts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --keep correct: ask a training prompt up to this many times, each with "
+            "a new seed, until an answer is right.",
+        ),
+    ] = 1,
+    answer_pattern: Annotated[
+        str,
+        typer.Option(help="Regex whose group 1 is the final answer (as `eval` uses it)."),
+    ] = DEFAULT_ANSWER_PATTERN,
     log_every: Annotated[
         float,
         typer.Option(min=0.1, help="Seconds between progress lines when stdout is not a terminal."),
@@ -121,6 +144,9 @@ def sample(  # long: one parameter per flag
         "price_in": price_in,
         "price_out": price_out,
         "batch": batch_flags(batch_api, batch_fallback, batch_poll, batch_max_requests),
+        "keep": keep,
+        "attempts": attempts,
+        "answer_pattern": answer_pattern,
         "sampling": {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                      "seed": seed},
         "teacher": {
@@ -133,6 +159,8 @@ def sample(  # long: one parameter per flag
     config = validate(
         SampleConfig, merge({"sampling": loaded.persona.sampling.model_dump()}, flags)
     )
+    batch = batch_flag(write_batch_file, read_batch_file, config.batch.api)
+    check_batch_keep(config.keep, config.attempts, None if cancel_batches else batch)
     console = stdout()
     # sample_run checks what it can, then creates the run and holds its lock (core/rundir.py)
     batches = None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from promptdistill.cli.common import stdout
+from promptdistill.cli.common import QuantizeOption, quantize_flag, stdout
 
 
 def train(
@@ -50,6 +50,7 @@ def train(
     dtype: Annotated[
         str | None, typer.Option(help="Base weights: auto (bf16 where supported), bf16, fp32.")
     ] = None,
+    quantize: QuantizeOption = None,
     max_len: Annotated[
         int | None, typer.Option(help="Longest example in tokens (default 1024).")
     ] = None,
@@ -103,7 +104,7 @@ def train(
 
     run_dir = RunDir(run).require()
     flags = {
-        "student": {"model": student, "dtype": dtype},
+        "student": {"model": student, "dtype": dtype, "quantize": quantize_flag(quantize)},
         "datums": {
             "max_len": max_len, "overlong": overlong, "val_fraction": val_fraction,
             "keep_loops": keep_loops,
@@ -143,9 +144,13 @@ def export(
             "parquet.",
         ),
     ] = "openai",
+    quantize: QuantizeOption = None,
 ) -> None:
     """Save the run's student as a standalone model (--merged), or its training set for other
-    trainers (--dataset: OpenAI fine-tuning JSONL, a Hugging Face dataset, or Parquet)."""
+    trainers (--dataset: OpenAI fine-tuning JSONL, a Hugging Face dataset, or Parquet).
+
+    A student trained with --quantize 4bit is merged into its base dequantised from nf4 (the
+    weights it was trained on); --quantize none merges into the original weights instead."""
     from promptdistill.core.errors import UserError
     from promptdistill.core.rundir import RunDir
 
@@ -156,7 +161,10 @@ def export(
         from promptdistill.export import export_merged
 
         with RunDir(run).require().locked():  # train must not replace the adapter meanwhile
-            export_merged(RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True))
+            export_merged(
+                RunDir(run), Path(merged), log=lambda m: console.print(m, soft_wrap=True),
+                quantize=quantize_flag(quantize),
+            )  # fmt: skip
         return
     assert dataset is not None
     from promptdistill.datums.dataset import export_dataset

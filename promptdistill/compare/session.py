@@ -335,9 +335,14 @@ def resolve(run: RunDir, cfg: CompareConfig) -> Resolved:
     if sample.teacher.base_url is not None:
         normalize_base_url(sample.teacher.base_url)  # a bad URL fails now, before any model loads
     adapter = run.require_adapter()
-    return Resolved(
-        sample=sample, student=run.trained_student(), adapter=adapter, sampling=sample.sampling
-    )
+    student = run.trained_student()
+    if cfg.quantize is not None:  # --quantize: the base in 4-bit or not, else as trained (#17)
+        if cfg.quantize == "4bit" and student.quantize != "4bit":
+            from promptdistill.models.quantize import check_4bit
+
+            check_4bit(student.model)  # before the teacher is asked or anything printed
+        student = student.model_copy(update={"quantize": cfg.quantize})
+    return Resolved(sample=sample, student=student, adapter=adapter, sampling=sample.sampling)
 
 
 def open_session(
@@ -351,11 +356,11 @@ def open_session(
     Everything that must be shut down (the local teacher, the event loop) goes on `stack`.
     """
     from promptdistill.clients.keys import key_source, read_api_key
-    from promptdistill.personas import load_run_persona
+    from promptdistill.personas import load_run_persona, teacher_system
 
     r = resolve(run, cfg)
     persona = load_run_persona(r.sample.persona, r.sample.data_dir)
-    system_prompt = persona.persona.system_prompt
+    system_prompt = teacher_system(persona)  # with the persona's teacher instructions (#17)
     teacher_cfg = r.sample.teacher
     api_key = read_api_key(teacher_cfg, say) if teacher_cfg.base_url is not None else None
 
@@ -373,7 +378,10 @@ def open_session(
 
     torch.set_grad_enabled(False)
     renderer = Renderer(load_tokenizer(r.student.model))  # as training rendered
-    student_chat = LocalChat(load_student(r.student.model, r.adapter, r.student.dtype), renderer)
+    q = r.student.quantize
+    student_chat = LocalChat(
+        load_student(r.student.model, r.adapter, r.student.dtype, quantize=q), renderer
+    )
     student_chat.warm_up()
     student_name = Path(r.student.model).name
 
@@ -405,7 +413,7 @@ def open_session(
     runner = stack.enter_context(asyncio.Runner())
 
     def load_base() -> Side:
-        chat = LocalChat(load_causal_lm(r.student.model, r.student.dtype), renderer)
+        chat = LocalChat(load_causal_lm(r.student.model, r.student.dtype, quantize=q), renderer)
         chat.warm_up()
         return Side(
             name="base",

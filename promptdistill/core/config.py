@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from promptdistill.core.answers import DEFAULT_ANSWER_PATTERN
+
 SLOT_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -42,6 +44,10 @@ class Persona(StrictModel):
     system_prompt: str = Field(min_length=1)
     prompt_sets: list[str] = Field(min_length=1)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    # issue #17: what only the teacher is told (e.g. "Think step by step, then end with Final
+    # Answer: N"); appended to its system prompt, stripped with it from the datums, so the
+    # student learns to reason unprompted (personas.teacher_system)
+    teacher_instructions: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -154,6 +160,7 @@ class PromptSet(StrictModel):
     categories: dict[str, Category] = Field(default_factory=dict)
     sources: list[PromptSource] = Field(default_factory=list)
     heldout: list[HeldoutPrompt] = Field(default_factory=list)
+    teacher_instructions: str | None = None  # for this set's prompts, after the persona's
 
     @model_validator(mode="after")
     def _slot_names(self) -> PromptSet:
@@ -243,6 +250,13 @@ class SampleConfig(StrictModel):
     price_in: float | None = Field(None, ge=0)
     price_out: float | None = Field(None, ge=0)
 
+    # issue #17: answers to prompts with a gold answer are graded (sampling/correct.py); with
+    # keep "correct" the wrong ones stay in samples.jsonl but not in the datums, and a training
+    # prompt is asked again, up to `attempts` times in all, until one answer is right
+    keep: Literal["all", "correct"] = "all"
+    attempts: int = Field(1, ge=1, le=100)
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN
+
 
 class PromptWriteConfig(StrictModel):
     """What `promptdistill prompts generate` asks the teacher for (issue #14)."""
@@ -265,6 +279,9 @@ class PromptWriteConfig(StrictModel):
 class StudentConfig(StrictModel):
     model: str = "smollm2-135m"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # issue #17: the base weights in 4-bit nf4 (QLoRA; models/quantize.py); dtype is then the
+    # compute dtype
+    quantize: Literal["none", "4bit"] = "none"
 
 
 class DatumConfig(StrictModel):
@@ -347,11 +364,13 @@ class EvalConfig(StrictModel):
     max_heldout: int | None = Field(default=None, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int = 0
-    answer_pattern: str = r"Final Answer:\s*(.+)"
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN
     batch_size: int = Field(default=32, ge=1)
     latency_requests: int = Field(default=3, ge=0)  # single-stream requests timed per model
     # train prompts whose base answers (with their teacher answers) train the classifier
     classifier_train: int = Field(default=48, ge=0)
+    # student and base in 4-bit or not; None: as the student was trained (issue #17)
+    quantize: Literal["none", "4bit"] | None = None
 
 
 class CompareConfig(StrictModel):
@@ -369,3 +388,4 @@ class CompareConfig(StrictModel):
     max_tokens: int | None = Field(default=None, ge=1, le=32768)
     seed: int | None = None
     base: bool = False  # start with the base-model column shown
+    quantize: Literal["none", "4bit"] | None = None  # None: as the student was trained (#17)

@@ -37,7 +37,14 @@ BUSY_EXIT = 75
 # move exactly those aside, see pipeline/ledger.py).
 STAGE_FILES: dict[str, tuple[str, ...]] = {
     "sample": ("samples.jsonl", "failures.jsonl", "system-prompts", "batches.json"),
-    "train": ("datums", "checkpoints", "adapter", "metrics.jsonl", "loss.png"),
+    "train": (
+        "datums",
+        "checkpoints",
+        "adapter",
+        "metrics.jsonl",
+        "loss.png",
+        "train-dashboard.png",
+    ),
     "eval": (
         "report.json",
         "report.md",
@@ -45,12 +52,16 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
         "report-loss.png",
         "report-metrics.png",
         "report-judge.png",
+        "report-accuracy.png",
+        "report-correctness.png",
     ),
 }
 REPORT_PLOTS = {
     "loss": "report-loss.png",
     "metrics": "report-metrics.png",
     "judge": "report-judge.png",
+    "accuracy": "report-accuracy.png",
+    "correctness": "report-correctness.png",
 }
 
 
@@ -106,6 +117,10 @@ class RunDir:
     @property
     def loss_png(self) -> Path:
         return self.path / "loss.png"
+
+    @property
+    def train_dashboard(self) -> Path:
+        return self.path / "train-dashboard.png"
 
     # ---- eval
     @property
@@ -234,6 +249,10 @@ class RunDir:
         merged = self.read_config()
         merged[stage] = config
         atomic_write_yaml(self.config_path, merged)
+
+    def sample_keep(self) -> str:
+        """`sample --keep` (issue #17): "correct" leaves wrong answers out of the datums."""
+        return str((self.stage_config("sample") or {}).get("keep") or "all")
 
     def trained_student(self) -> StudentConfig:
         """The student the adapter was trained on: `config.yaml`'s train stage, else the

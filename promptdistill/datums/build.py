@@ -31,6 +31,9 @@ Choices, each tested in tests/test_datums.py:
 - Teacher answers that are empty, or that loop (the same word 4-gram three or more times,
   core/text.py), are dropped and counted (`keep_loops` keeps the loops): a student fed loops
   learns to loop, and amplifies them (issue #13).
+- Under `sample --keep correct`, answers graded wrong against their gold answer
+  (`correct: false`, sampling/correct.py) are left out and counted; a later right attempt at
+  the same prompt is the one trained on (issue #17). Under `--keep all` every answer trains.
 
 The arrays and their files: datums/store.py.
 """
@@ -197,20 +200,30 @@ def attach_logprobs(
 # --------------------------------------------------------------------------- the whole run
 
 
+def left_out(record: dict[str, Any], keep: str) -> bool:
+    """A wrong answer under `sample --keep correct`: in samples.jsonl, not in the datums."""
+    return keep == "correct" and record.get("correct") is False
+
+
 def usable_records(
     records: Iterable[dict[str, Any]],
     cfg: DatumConfig,
     counts: dict[str, int],
     keep_heldout: bool = False,
+    keep: str = "all",
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(id, record) of the sampler records worth training on, counting the others: held out
-    (unless `keep_heldout`), repeated ids (the first is kept), empty answers, loops. The one
-    rule for `train` (build_datums) and `export --dataset` (datums/dataset.py)."""
+    (unless `keep_heldout`), wrong answers (under `keep` "correct", the run's `sample --keep`),
+    repeated ids (the first is kept), empty answers, loops. The one rule for `train`
+    (build_datums) and `export --dataset` (datums/dataset.py)."""
     seen: set[str] = set()
     for r in records:
         counts["records"] += 1
         if r.get("split") == "heldout" and not keep_heldout:
             counts["heldout_skipped"] += 1
+            continue
+        if left_out(r, keep):  # before the duplicate check: a later attempt may be right
+            counts["incorrect"] = counts.get("incorrect", 0) + 1
             continue
         rid = str(r.get("id", ""))
         if rid in seen:
@@ -238,10 +251,12 @@ def build_datums(
     cfg: DatumConfig,
     model_name: str,
     check_template: bool = True,
+    keep: str = "all",
 ) -> tuple[list[Datum], dict[str, Any]]:
     """Turn sampler records into datums, with the stats the user sees. `check_template`:
     refuse the template when most records fail the prefix check (`check_prefix_failures`);
-    a caller that builds a few records at a time (the stream) checks the running totals."""
+    a caller that builds a few records at a time (the stream) checks the running totals.
+    `keep`: the run's `sample --keep` (issue #17)."""
     datums: list[Datum] = []
     prefix_ids: list[str] = []
     removed_cache: dict[str, int] = {}
@@ -259,8 +274,9 @@ def build_datums(
         "prefix_failed": 0,  # its rendering fails the prefix check: skipped
         "checked": 0,  # records that reached the prefix check
         "with_logprobs": 0,  # the endpoint's top-K logprobs came with the answer
+        "incorrect": 0,  # a wrong final answer, left out under `sample --keep correct`
     }
-    for rid, r in usable_records(records, cfg, counts):
+    for rid, r in usable_records(records, cfg, counts, keep=keep):
         messages = r.get("messages") or []
         teacher_cut = bool(r.get("truncated") or r.get("finish_reason") == "length")
         counts["checked"] += 1
@@ -323,6 +339,7 @@ def build_datums(
     stats["system_tokens_removed_mean"] = round(float(np.mean(removed)), 2) if removed else 0.0
     stats["max_len"], stats["overlong"] = cfg.max_len, cfg.overlong
     stats["val_fraction"] = cfg.val_fraction
+    stats["keep"] = keep
     return datums, stats
 
 

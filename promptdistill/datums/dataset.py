@@ -68,7 +68,8 @@ def dataset_rows(run: RunDir, cfg: DatumConfig) -> tuple[dict[str, list[dict[str
     counts = {"records": 0, "heldout_skipped": 0, "duplicates": 0, "empty": 0, "loops": 0}
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLIT_NAMES.values()}
     reader = SampleReader(run.samples)  # the records in full, whichever way they were written
-    for rid, r in usable_records(reader.records(), cfg, counts, keep_heldout=True):
+    keep = run.sample_keep()  # --keep correct: the wrong answers are not training data (#17)
+    for rid, r in usable_records(reader.records(), cfg, counts, keep_heldout=True, keep=keep):
         split = "heldout" if r.get("split") == "heldout" else split_of(rid, cfg.val_fraction)
         messages = [
             {"role": str(m["role"]), "content": str(m["content"])}

@@ -65,8 +65,11 @@ def tokenizer_fingerprint(renderer: Renderer) -> str:
     return f"{tok.chat_template}{len(tok)}"
 
 
-def fingerprint(samples: Path, cfg: DatumConfig, renderer: Renderer, model_name: str) -> str:
-    """Changes whenever the datums would: the samples file, the datum config, the tokenizer."""
+def fingerprint(
+    samples: Path, cfg: DatumConfig, renderer: Renderer, model_name: str, keep: str = "all"
+) -> str:
+    """Changes whenever the datums would: the samples file, the datum config, the tokenizer,
+    the sampler's keep rule."""
     h = hashlib.sha256()
     with samples.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -75,6 +78,8 @@ def fingerprint(samples: Path, cfg: DatumConfig, renderer: Renderer, model_name:
     h.update(model_name.encode())
     h.update(tokenizer_fingerprint(renderer).encode())
     h.update(str(FORMAT_VERSION).encode())
+    if keep != "all":  # only then: the datums of earlier runs keep their fingerprints
+        h.update(f"keep:{keep}".encode())
     return h.hexdigest()
 
 
@@ -180,19 +185,21 @@ def prepare_datums(
             f"{samples} does not exist; run `promptdistill sample` to collect teacher answers first"
         )
     out_dir = run.datums
-    fp = fingerprint(samples, cfg, renderer, model_name)
+    keep = run.sample_keep()
+    fp = fingerprint(samples, cfg, renderer, model_name, keep)
     if _stored_fingerprint(out_dir) == fp:
         return load_datums(out_dir), False
     reader = SampleReader(samples)
-    datums, stats = build_datums(reader.records(), renderer, cfg, model_name)
+    datums, stats = build_datums(reader.records(), renderer, cfg, model_name, keep=keep)
     # lines that are not sample records were skipped; the datums line says where (issue #16)
     stats["skipped_lines"], stats["skipped_first"] = len(reader.skipped), reader.skipped[:3]
     if stats["train"]["examples"] == 0:
+        wrong = f", {stats['incorrect']} wrong (--keep correct)" if stats["incorrect"] else ""
         raise UserError(
             f"{samples} has no usable training samples ({stats['records']} records, "
             f"{stats['heldout_skipped']} held out, {stats['invalid']} invalid, "
             f"{stats['empty']} empty, {stats['loops']} looping, "
-            f"{stats['dropped']} over --max-len {cfg.max_len}); sample more with "
+            f"{stats['dropped']} over --max-len {cfg.max_len}{wrong}); sample more with "
             f"`promptdistill sample`"
         )
     data = to_arrays(datums, stats)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from promptdistill.evaluation.metrics import mean_ci
 from promptdistill.models.embed import PACKAGE, WHEEL, Embedder, embedder_dir
 
 __all__ = ["PACKAGE", "WHEEL", "ClassifierResult", "Embedder", "LogisticRegression",
@@ -80,6 +81,12 @@ class ClassifierResult:
     counts: dict[str, int]
     probabilities: dict[str, list[float]]
 
+    def intervals(self) -> dict[str, dict[str, Any]]:
+        """Each share with its 95% interval over answers (the report's error bars, #17)."""
+        return {
+            m: mean_ci([float(x > 0.5) for x in p]).as_dict() for m, p in self.probabilities.items()
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "embedder": WHEEL,
@@ -87,6 +94,7 @@ class ClassifierResult:
             "train_base_answers": self.train_base,
             "train_accuracy": self.train_accuracy,
             "share_placed_with_teacher": self.shares,
+            "share_intervals": self.intervals(),
             "answers_scored": self.counts,
         }
 

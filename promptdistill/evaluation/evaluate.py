@@ -85,7 +85,7 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
         "teacher": [i.teacher for i in heldout],
         **{m: [a.text for a in local.answers[(m, PRIMARY)]] for m in ("student", "base")},
     }
-    task = task_metrics(heldout, local.answers, cfg.answer_pattern)
+    task = task_metrics(heldout, local.answers, cfg.answer_pattern, renderer.count)
     if task is None:
         notes["task"] = "the prompt set has no gold answers for the held-out prompts"
     classifier, cls_probs, by_turn = persona_classifier(inputs, local, texts, cfg, notes, say)

@@ -119,6 +119,18 @@ def _stable_order(ids: Sequence[str], seed: int) -> list[str]:
     return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
 
 
+def _student(run: RunDir, cfg: EvalConfig) -> StudentConfig:
+    """The trained student, in 4-bit or not as eval's --quantize says (default: as trained)."""
+    student = run.trained_student()
+    if cfg.quantize is not None and cfg.quantize != student.quantize:
+        from promptdistill.models.quantize import check_4bit
+
+        if cfg.quantize == "4bit":
+            check_4bit(student.model)  # a one-line error now, not after minutes of eval
+        student = student.model_copy(update={"quantize": cfg.quantize})
+    return student
+
+
 def load_inputs(path: Path, cfg: EvalConfig, say: Callable[[str], None] | None = None) -> RunInputs:
     run = RunDir(path).require()
     sample = _stage(run, "sample", SampleConfig, required=True)
@@ -138,7 +150,13 @@ def load_inputs(path: Path, cfg: EvalConfig, say: Callable[[str], None] | None =
     }
     heldout: list[Item] = []
     train: list[Item] = []
+    seen: set[str] = set()
     for r in records:
+        # a prompt's first answer only: with `sample --keep correct --attempts K` there may be
+        # more, and the first measures the teacher without best-of-K luck (issue #17)
+        if str(r["id"]) in seen:
+            continue
+        seen.add(str(r["id"]))
         split = (
             "heldout"
             if r.get("split") == "heldout"
@@ -169,7 +187,7 @@ def load_inputs(path: Path, cfg: EvalConfig, say: Callable[[str], None] | None =
     return RunInputs(
         run=run,
         sample=sample,
-        student=run.trained_student(),
+        student=_student(run, cfg),
         val_fraction=val_fraction,
         samples=records,
         heldout=heldout,

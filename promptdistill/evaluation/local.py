@@ -152,11 +152,13 @@ def measure_local(
         return score_nll(model, examples, keep_hidden=with_prompt_nll, share_prefix=True)
 
     # ---- 1. the student alone: NLL (unmerged, exact), then merged: latency and peak memory
-    student = load_student(name, inputs.adapter, inputs.student.dtype, device)
+    q = inputs.student.quantize
+    student = load_student(name, inputs.adapter, inputs.student.dtype, device, quantize=q)
     adapter_params = sum(p.numel() for n, p in student.named_parameters() if "lora_" in n)
     with Phase(say, f"student NLL of {len(heldout)} teacher answers"):
         nll_student = score(student, lambda i: user(i.prompt))
-    student = student.merge_and_unload()
+    if q != "4bit":  # a 4-bit base stays unmerged: merging would requantise it (lossy)
+        student = student.merge_and_unload()
     latency_prompts = [renderer.prompt(user(i.prompt)) for i in heldout[: cfg.latency_requests]]
     timings: list[Timing] = []
     if latency_prompts:
@@ -177,7 +179,7 @@ def measure_local(
     }
 
     # ---- 2. the base: NLL of the teacher's answers without and with the system prompt
-    base = load_causal_lm(name, inputs.student.dtype, device=device)
+    base = load_causal_lm(name, inputs.student.dtype, device=device, quantize=q)
     with Phase(say, f"base NLL of {len(heldout)} teacher answers"):
         nll_base = score(base, lambda i: user(i.prompt))
         nll_with = (
@@ -312,12 +314,22 @@ def timing_summary(timings: Sequence[Timing]) -> dict[str, Any]:
 
 
 def param_counts(merged: Any, lora: int) -> dict[str, Any]:
-    total = sum(p.numel() for p in merged.parameters())
+    """Parameters of the base (a 4-bit weight counted by its unpacked shape) and the adapter."""
+
+    def numel(p: Any) -> int:
+        state = getattr(p, "quant_state", None)  # bitsandbytes' Params4bit: 2 values a byte
+        return int(state.shape.numel()) if state is not None else int(p.numel())
+
+    named = list(merged.named_parameters())
+    total = sum(numel(p) for n, p in named if "lora_" not in n)
+    dtype = str(named[0][1].dtype).removeprefix("torch.")
+    if getattr(merged, "is_loaded_in_4bit", False):
+        dtype = f"nf4 ({dtype} compute)"
     return {
         "base_parameters": total,
         "adapter_parameters": lora,
         "adapter_share_of_base": lora / max(total, 1),
-        "student_dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
+        "student_dtype": dtype,
     }
 
 

@@ -5,7 +5,8 @@ on small inputs with hand-computed answers (tests/test_metrics.py).
 
 - Likelihood: token-weighted NLL and perplexity, and "prompt effect recovered".
 - Text agreement: ROUGE-L F1 (rouge-score) and chrF (sacrebleu), one answer against one reference.
-- Task metrics: SQuAD-style exact match and token F1, and final-answer accuracy.
+- Task metrics: SQuAD-style exact match and token F1, and final-answer accuracy (the answer
+  extractor itself is core/answers.py, shared with the sampler's correctness filter).
 - Intervals: the mean with a two-sided Student-t interval (scipy is not a dependency, so the
   t quantile is computed here from the regularised incomplete beta function).
 """
@@ -13,14 +14,19 @@ on small inputs with hand-computed answers (tests/test_metrics.py).
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-DEFAULT_ANSWER_PATTERN = r"Final Answer:\s*(.+)"
+# the final-answer extractor is shared with `sample --keep correct` (core/answers.py)
+from promptdistill.core.answers import (  # noqa: F401
+    DEFAULT_ANSWER_PATTERN,
+    answers_match,
+    extract_final_answer,
+    final_answer_correct,
+    normalize_answer,
+)
 
 # --------------------------------------------------------------------------- intervals
 
@@ -130,30 +136,47 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> MeanCI:
 
 @dataclass(frozen=True)
 class NLLSummary:
-    """Token-weighted NLL over many answers: sum of token NLLs / number of answer tokens."""
+    """Token-weighted NLL over many answers: sum of token NLLs / number of answer tokens, with
+    a 95% interval over answers (`lo`, `hi`; None for fewer than two answers)."""
 
     nll: float | None
     perplexity: float | None
     tokens: int
     answers: int
+    lo: float | None = None
+    hi: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def aggregate_nll(nll_sums: Sequence[float], token_counts: Sequence[int]) -> NLLSummary:
+def aggregate_nll(
+    nll_sums: Sequence[float], token_counts: Sequence[int], confidence: float = 0.95
+) -> NLLSummary:
     """Pool per-answer NLL sums into one per-token NLL (nats) and its perplexity exp(NLL).
 
     Pooling by tokens (not averaging per-answer means) matches how the training loop's
-    validation loss is computed, so the two can be compared directly.
+    validation loss is computed, so the two can be compared directly. The pooled NLL is a ratio
+    estimator (sum of NLLs / sum of tokens, answers as clusters); its interval is the
+    delta-method one (Cochran, Sampling Techniques, 1977, 6.3) with a Student-t quantile:
+    var = sum((s_i - R n_i)^2) / ((k - 1) k nbar^2).
     """
     if len(nll_sums) != len(token_counts):
         raise ValueError("nll_sums and token_counts differ in length")
     tokens = int(sum(token_counts))
+    k = len(nll_sums)
     if tokens == 0:
-        return NLLSummary(None, None, 0, len(nll_sums))
+        return NLLSummary(None, None, 0, k)
     nll = math.fsum(nll_sums) / tokens
-    return NLLSummary(nll, math.exp(nll), tokens, len(nll_sums))
+    lo = hi = None
+    if k >= 2:
+        nbar = tokens / k
+        resid = math.fsum((s - nll * n) ** 2 for s, n in zip(nll_sums, token_counts, strict=True))
+        half = student_t_quantile(0.5 + confidence / 2.0, k - 1) * math.sqrt(
+            resid / ((k - 1) * k * nbar**2)
+        )
+        lo, hi = nll - half, nll + half
+    return NLLSummary(nll, math.exp(nll), tokens, k, lo, hi)
 
 
 def prompt_effect_recovered(
@@ -198,14 +221,6 @@ def chrf(prediction: str, reference: str) -> float:
 # --------------------------------------------------------------------------- task metrics
 
 
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation and articles, squeeze whitespace."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
@@ -222,44 +237,6 @@ def token_f1(prediction: str, gold: str) -> float:
         return 0.0
     precision, recall = same / len(pred), same / len(ref)
     return 2 * precision * recall / (precision + recall)
-
-
-def extract_final_answer(text: str, pattern: str = DEFAULT_ANSWER_PATTERN) -> str | None:
-    """The answer after the *last* match of `pattern` (group 1 if it has one, else the match),
-    falling back to the last non-empty line. None for an empty text."""
-    matches = list(re.finditer(pattern, text, flags=re.IGNORECASE | re.MULTILINE))
-    if matches:
-        m = matches[-1]
-        found = m.group(1) if m.re.groups else m.group(0)
-        return found.strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else None
-
-
-_NUMBER = re.compile(r"^[-+−]?\d+(?:\.\d+)?$")
-
-
-def _as_number(text: str) -> float | None:
-    """'1,234.50', '$12', '45%', '−7.' -> a float; anything else -> None."""
-    t = text.strip().rstrip(".").replace(",", "").replace("$", "").replace("%", "").strip()
-    t = t.replace("−", "-")
-    if not _NUMBER.match(t):
-        return None
-    return float(t)
-
-
-def answers_match(extracted: str | None, gold: str) -> bool:
-    """Numbers compare by value (to 1e-6), everything else by SQuAD normalisation."""
-    if extracted is None:
-        return False
-    a, b = _as_number(extracted), _as_number(gold)
-    if a is not None and b is not None:
-        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
-    return normalize_answer(extracted) == normalize_answer(gold)
-
-
-def final_answer_correct(text: str, gold: str, pattern: str = DEFAULT_ANSWER_PATTERN) -> float:
-    return float(answers_match(extract_final_answer(text, pattern), gold))
 
 
 def dig(d: Any, *path: str) -> Any:

@@ -60,6 +60,9 @@ SUMMARY_ROWS: dict[str, tuple[str, str, str]] = {
     "task_accuracy_student": ("task accuracy student", "higher", "{:.1%}"),
     "task_accuracy_base": ("task accuracy base", "higher", "{:.1%}"),
     "task_accuracy_teacher": ("task accuracy teacher", "higher", "{:.1%}"),
+    "answer_tokens_student": ("answer length, student (tokens)", "lower", "{:.1f}"),
+    "answer_tokens_base": ("answer length, base (tokens)", "lower", "{:.1f}"),
+    "answer_tokens_teacher": ("answer length, teacher (tokens)", "lower", "{:.1f}"),
     "prompt_tokens_saved_per_request": ("prompt tokens saved / request", "higher", "{:.1f}"),
     "prompt_tokens_saved_run": ("prompt tokens saved, whole run", "higher", "{:,.0f}"),
     "cost_saved_run_usd": ("system-prompt cost saved, run (USD)", "higher", "${:.4f}"),
@@ -102,7 +105,7 @@ def _ci(stats: dict[str, Any] | None, spec: str = "{:.2f}") -> str:
 def write_report(run: RunDir, report: dict[str, Any], answers: Sequence[dict[str, Any]]) -> Path:
     """Write report.json, report-answers.jsonl, the PNG plots and report.md; return report.md."""
     atomic_write_bytes(run.report_answers, b"".join(orjson.dumps(a) + b"\n" for a in answers))
-    plots = write_plots(run, report)
+    plots = write_plots(run, report, answers)
     report["files"] = {
         "answers": run.report_answers.name,
         "markdown": run.report_md.name,
@@ -194,12 +197,14 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     loops = [fmt("loop_rate_student", s.get(f"loop_rate_{m}")) for m in MODELS]
     rows.append(("answers that loop", loops[0], loops[1], loops[2]))
     if task:
-        for metric in ("final_answer_accuracy", "exact_match", "token_f1"):
+        for metric, spec in (("final_answer_accuracy", "{:.3f}"), ("exact_match", "{:.3f}"),
+                             ("token_f1", "{:.3f}"), ("answer_tokens", "{:.1f}")):  # fmt: skip
+            label = "answer length (tokens)" if metric == "answer_tokens" else metric
             rows.append(
-                (f"task: {metric.replace('_', ' ')}",
-                 _ci(dig(task, "teacher", metric), "{:.3f}"),
-                 _ci(dig(task, f"student_{primary}", metric), "{:.3f}"),
-                 _ci(dig(task, f"base_{primary}", metric), "{:.3f}"))
+                (f"task: {label.replace('_', ' ')}",
+                 _ci(dig(task, "teacher", metric), spec),
+                 _ci(dig(task, f"student_{primary}", metric), spec),
+                 _ci(dig(task, f"base_{primary}", metric), spec))
             )  # fmt: skip
     return [(a, b, c, d) for a, b, c, d in rows]
 
@@ -285,7 +290,11 @@ def render_markdown(report: dict[str, Any], answers: Sequence[dict[str, Any]]) -
     plots = dig(report, "files", "plots") or {}
     if plots:
         lines += ["## Plots", ""]
-        titles = {"loss": "training loss", "metrics": "metrics", "judge": "judge scores"}
+        titles = {
+            "loss": "training loss", "dashboard": "training dashboard", "metrics": "metrics",
+            "judge": "judge scores", "accuracy": "final-answer accuracy",
+            "correctness": "per-prompt correctness",
+        }  # fmt: skip
         lines += [f"![{titles[k]}]({v})" for k, v in plots.items()] + [""]
     notes = report.get("notes") or {}
     if notes:

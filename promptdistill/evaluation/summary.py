@@ -8,6 +8,7 @@ row per prompt.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from promptdistill.evaluation.inputs import Item, RunInputs
 from promptdistill.evaluation.local import LocalResults
 from promptdistill.evaluation.metrics import (
     NLLSummary,
+    answers_match,
     dig,
     exact_match,
     extract_final_answer,
@@ -56,10 +58,15 @@ class Measured:
 
 
 def task_metrics(
-    heldout: list[Item], answers: dict[tuple[str, str], list[Any]], pattern: str
+    heldout: list[Item],
+    answers: dict[tuple[str, str], list[Any]],
+    pattern: str,
+    count: Callable[[str], int],
 ) -> dict[str, Any] | None:
     """EM and token F1 of the *extracted* final answer against the gold answer (on a whole
-    multi-sentence reply both would be ~0), and final-answer accuracy (numbers by value)."""
+    multi-sentence reply both would be ~0), final-answer accuracy (numbers by value), and the
+    answers' length in tokens (`count`: the student's tokenizer, for every model alike): what a
+    reasoning trace costs at inference (issue #17)."""
     idx = [k for k, i in enumerate(heldout) if i.gold is not None]
     if not idx:
         return None
@@ -80,6 +87,7 @@ def task_metrics(
             "final_answer_accuracy": mean_ci(
                 [final_answer_correct(t, g, pattern) for t, g in zip(texts, golds, strict=True)]
             ).as_dict(),
+            "answer_tokens": mean_ci([count(t) for t in texts]).as_dict(),
         }
     return out
 
@@ -185,6 +193,9 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "task_accuracy_student": dig(task, f"student_{PRIMARY}", "final_answer_accuracy", "mean"),
         "task_accuracy_base": dig(task, f"base_{PRIMARY}", "final_answer_accuracy", "mean"),
         "task_accuracy_teacher": dig(task, "teacher", "final_answer_accuracy", "mean"),
+        "answer_tokens_student": dig(task, f"student_{PRIMARY}", "answer_tokens", "mean"),
+        "answer_tokens_base": dig(task, f"base_{PRIMARY}", "answer_tokens", "mean"),
+        "answer_tokens_teacher": dig(task, "teacher", "answer_tokens", "mean"),
         "prompt_tokens_saved_per_request": efficiency.get("prompt_tokens_saved_per_request"),
         "prompt_tokens_saved_run": efficiency.get("prompt_tokens_saved_run"),
         "cost_saved_run_usd": efficiency.get("system_prompt_cost_saved_run_usd"),
@@ -210,6 +221,7 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "judge_": "judge",
         "persona_classifier_": "persona_classifier_student",
         "task_accuracy_": "task",
+        "answer_tokens_": "task",
         "cost_": "cost",
         "teacher_": "teacher_latency",
         "student_tokens": "student_tokens_per_s",
@@ -325,12 +337,14 @@ def answer_rows(
                 for j, (u, t) in enumerate(i.turns)
             ]
         if i.gold is not None:
-            row["final_answer"] = {
-                "teacher": extract_final_answer(i.teacher, pattern),
-                **{
-                    f"{m}_{d}": extract_final_answer(g[k].text, pattern)
-                    for (m, d), g in answers.items()
-                },
+            texts = {
+                "teacher": i.teacher,
+                **{f"{m}_{d}": g[k].text for (m, d), g in answers.items()},
+            }
+            row["final_answer"] = {n: extract_final_answer(t, pattern) for n, t in texts.items()}
+            # the per-prompt correctness grid of report-correctness.png (issue #17)
+            row["correct"] = {
+                n: answers_match(a, str(i.gold)) for n, a in row["final_answer"].items()
             }
         rows.append(row)
     return rows

@@ -82,11 +82,12 @@ def load_student(
     adapter: str | os.PathLike[str],
     dtype: torch.dtype | str = "auto",
     device: str = "cpu",
+    quantize: str = "none",
 ) -> Any:
     """The base model with a trained LoRA adapter on top (PEFT, unmerged), in eval mode."""
     from peft import PeftModel
 
-    base = load_causal_lm(name_or_path, dtype, device=device)
+    base = load_causal_lm(name_or_path, dtype, device=device, quantize=quantize)
     try:
         student = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -102,8 +103,10 @@ def load_causal_lm(
     name_or_path: str | os.PathLike[str],
     dtype: torch.dtype | str = "auto",
     device: str = "cpu",
+    quantize: str = "none",
 ) -> Any:
-    """A causal LM from safetensors only (never pickle), without remote code, in eval mode."""
+    """A causal LM from safetensors only (never pickle), without remote code, in eval mode;
+    `quantize` "4bit": its linear layers in nf4, computed in `dtype` (models/quantize.py)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
@@ -114,6 +117,12 @@ def load_causal_lm(
         )
     torch_dtype = resolve_dtype(dtype, device)
     quiet_transformers()
+    if quantize == "4bit":
+        from promptdistill.models.quantize import load_4bit
+
+        model_4bit: Any = load_4bit(path, torch_dtype, device)  # placed on `device` already
+        model_4bit.eval()
+        return model_4bit
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=torch_dtype, trust_remote_code=False, use_safetensors=True

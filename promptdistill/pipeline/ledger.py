@@ -42,6 +42,7 @@ LATER_FIELDS = (
     "onpolicy_fraction",
     "teacher_model",
     "keep_loops",
+    "quantize",
 )
 
 
@@ -53,10 +54,11 @@ def _dump(model: Any) -> dict[str, Any]:
     return data
 
 
-def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
+def stage_fingerprints(cfg: RunConfig, instructions: str = "") -> dict[str, str]:
     """What each stage's outputs depend on. Throughput knobs (concurrency, rate limits,
     timeouts) and the number of prompts are left out of `sample`: asking for more prompts
-    extends the samples, it does not invalidate them. They do invalidate training."""
+    extends the samples, it does not invalidate them. They do invalidate training.
+    `instructions`: the persona's teacher instructions (personas.instructions_text)."""
     s = cfg.sample
     sample_parts = [
         "sample",
@@ -70,20 +72,28 @@ def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
         sample_parts.append(s.logprobs)
     if s.turns != 1:  # multi-turn conversations are other samples (issue #14)
         sample_parts.append(f"turns={s.turns}")
+    # issue #17: graded, filtered and re-asked samples are other samples (only when set, so
+    # the fingerprints of earlier runs stay as they were)
+    defaults = type(s).model_fields
+    for name in ("keep", "attempts", "answer_pattern"):
+        if getattr(s, name) != defaults[name].default:
+            sample_parts.append({name: getattr(s, name)})
+    if instructions:
+        sample_parts.append({"teacher_instructions": instructions})
     sample_fp = _hash(*sample_parts)
     train_parts = [
         "train",
         sample_fp,
         s.n,
         s.include_heldout,
-        cfg.student.model_dump(),
+        _dump(cfg.student),
         _dump(cfg.datums),
         _dump(cfg.train),
     ]
     if cfg.stream:  # only then, so the fingerprints of earlier runs stay as they were
         train_parts.append("stream")
     train_fp = _hash(*train_parts)
-    eval_fp = _hash("eval", train_fp, cfg.eval.model_dump())
+    eval_fp = _hash("eval", train_fp, _dump(cfg.eval))
     return {"sample": sample_fp, "train": train_fp, "eval": eval_fp}
 
 

@@ -13,7 +13,13 @@ from rich.console import Console
 
 from promptdistill.core.errors import UserError
 from promptdistill.core.rundir import RunDir
-from promptdistill.personas import LoadedPersona, data_roots, load_run_persona, same_persona
+from promptdistill.personas import (
+    LoadedPersona,
+    data_roots,
+    instructions_text,
+    load_run_persona,
+    same_persona,
+)
 from promptdistill.pipeline.config import RunConfig
 from promptdistill.pipeline.ledger import STAGES, Ledger, plan_stage, stage_fingerprints, supersede
 from promptdistill.sampling.summary import SampleSummary
@@ -70,7 +76,7 @@ class Pipeline:
     ) -> None:
         self.cfg, self.run, self.console, self.persona = cfg, run, console, persona
         self.ledger = Ledger.load(run)
-        self.fps = stage_fingerprints(cfg)
+        self.fps = stage_fingerprints(cfg, instructions_text(persona))
         self.scopes = {"sample": f"n={cfg.sample.n},heldout={cfg.sample.include_heldout}"}
         self.extra: dict[str, dict[str, Any]] = {"train": {"stream": True} if cfg.stream else {}}
         self.result = PipelineResult(run=run)

@@ -45,7 +45,7 @@ CHAT_URL = "/v1/chat/completions"
 
 
 class Records(Protocol):
-    """Where answers go: samples.jsonl and failures.jsonl (sample.py: `_Records`)."""
+    """Where answers go: samples.jsonl and failures.jsonl (records.py: `SampleRecords`)."""
 
     def on_sample(self, job: Job, r: ChatResult, attempts: int) -> Any: ...
 

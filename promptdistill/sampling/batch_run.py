@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Literal
 
 from promptdistill.core.errors import UserError
+from promptdistill.personas import teacher_system
 from promptdistill.sampling.batch_api import cancel_batches, sample_batches
 from promptdistill.sampling.batch_file import read_batch_file, write_batch_file
 from promptdistill.sampling.batch_lines import BatchWork, Prepared
 from promptdistill.sampling.engine import Job
+from promptdistill.sampling.records import SampleRecords
 from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
-from promptdistill.sampling.sample import _Records, _sample_async, stopping
+from promptdistill.sampling.sample import _sample_async, stopping
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ def batch_runner(action: BatchAction | None) -> Callable[[Prepared], None]:
             raise UserError(
                 f"--turns {prepared.config.turns}: a conversation's next turn is written from "
                 "the teacher's answer, so it cannot be asked in a batch; sample it online"
+            )
+        config = prepared.config
+        grading = config.keep == "correct" or config.attempts > 1  # cli/batch.py checks first
+        if grading and (action is None or action.kind != "cancel"):
+            raise UserError(
+                f"keep: {config.keep}, attempts: {config.attempts}: batch answers are not "
+                "graded against the gold answers, so no wrong one is asked again; sample online"
             )
         work = batch_work(prepared)
         if action is None:
@@ -75,7 +84,7 @@ def batch_work(p: Prepared) -> BatchWork:
         bridge = asyncio.create_task(_set_when(stop_now, flag))
         try:
             await _sample_async(
-                config, p.run, [q for q in p.todo if q.id in ids], p.persona, base, model,
+                config, p.run, [(q, 0) for q in p.todo if q.id in ids], p.persona, base, model,
                 p.api_key, summary, p.console, p.live, p.log_every_s, False, flag,
             )  # fmt: skip
         finally:
@@ -85,10 +94,12 @@ def batch_work(p: Prepared) -> BatchWork:
             summary.truncated += kept[2]
 
     system_prompt = p.persona.persona.system_prompt
+    # a batch line asks what an online request asks: teacher instructions included (#17)
+    jobs = [prompt_job(q, teacher_system(p.persona, q.prompt_set)) for q in p.todo]
     return BatchWork(
-        config=config, run=p.run, jobs=[prompt_job(q, system_prompt) for q in p.todo],
+        config=config, run=p.run, jobs=jobs,
         done_ids=p.done_ids, body=request_body(config, model),
-        open_records=lambda: _Records(
+        open_records=lambda: SampleRecords(
             p.run, teacher_record(config, summary.base_url), system_prompt
         ),
         online=online, summary=summary, console=p.console, say=p.say, api_key=p.api_key,

@@ -10,21 +10,23 @@ from __future__ import annotations
 from typing import Any
 
 from promptdistill.clients.endpoint import normalize_base_url
+from promptdistill.core.answers import DEFAULT_ANSWER_PATTERN
 from promptdistill.core.config import SampleConfig
 from promptdistill.core.errors import UserError
 from promptdistill.core.redact import redact_url
 from promptdistill.core.rundir import RunDir
 from promptdistill.core.samples import SampleReader
-from promptdistill.personas import LoadedPersona, data_roots, same_persona
+from promptdistill.personas import LoadedPersona, data_roots, same_persona, teacher_system
 
 STAGE = "sample"
 # fields of the recorded stage config that must match for a run to grow
 _MUST_MATCH = ("persona", "seed", "teacher.model", "sampling.temperature", "sampling.top_p",
-               "sampling.max_tokens", "sampling.seed", "logprobs", "turns")  # fmt: skip
+               "sampling.max_tokens", "sampling.seed", "logprobs", "turns",
+               "answer_pattern")  # fmt: skip  # issue #17: the samples' correct flags
 
 
 # what a config.yaml written before a setting existed means by leaving it out
-_BEFORE = {"turns": 1}
+_BEFORE = {"turns": 1, "answer_pattern": DEFAULT_ANSWER_PATTERN}
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
@@ -62,13 +64,15 @@ def check_compatible(run: RunDir, config: SampleConfig, persona: LoadedPersona) 
                     f"be mixed: pass the same {flag if key != 'persona' else 'persona'} "
                     "or use a new --run directory"
                 )
-    # the persona file may have been edited since: compare the system prompt itself
+    # the persona file may have been edited since: compare the system prompt itself, with the
+    # teacher instructions (issue #17)
     for record in SampleReader(run.samples).records():
         messages = record.get("messages") or []
         system = messages[0] if messages and messages[0].get("role") == "system" else None
-        if system is not None and system.get("content") != persona.persona.system_prompt:
+        now = teacher_system(persona, record.get("prompt_set"))
+        if system is not None and system.get("content") != now:
             raise UserError(
-                f"{run.samples}: its samples were made with a different system prompt than "
-                f"{persona.path} has now; use a new --run directory"
+                f"{run.samples}: its samples were made with a different system prompt or "
+                f"teacher instructions than {persona.path} has now; use a new --run directory"
             )
         break

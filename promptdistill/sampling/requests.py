@@ -20,7 +20,8 @@ def request_body(config: SampleConfig, model: str) -> Callable[[Job], dict[str, 
 
     def body(job: Job) -> dict[str, Any]:
         max_tokens = job.max_tokens or s.max_tokens  # the user simulator's turns are short
-        out = chat_body(model, job.messages, s.temperature, s.top_p, max_tokens, s.seed)
+        seed = job.meta["seed"] if "attempt" in job.meta else s.seed  # a retry's own (#17)
+        out = chat_body(model, job.messages, s.temperature, s.top_p, max_tokens, seed)
         if config.logprobs and job.max_tokens is None:
             out |= {"logprobs": True, "top_logprobs": config.logprobs}
         return out

@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
 
 from rich.console import Console
 
@@ -31,24 +30,34 @@ from promptdistill.clients.endpoint import (
 from promptdistill.clients.keys import key_source, read_api_key
 from promptdistill.core.config import SampleConfig, StudentConfig
 from promptdistill.core.errors import UserError
-from promptdistill.core.io import JsonlWriter, atomic_write_bytes, os_error
+from promptdistill.core.io import atomic_write_bytes, os_error
 from promptdistill.core.redact import redact_url
 from promptdistill.core.rundir import RunDir
-from promptdistill.core.samples import SYSTEM_KEY, SampleReader, store_system_prompt
+from promptdistill.core.samples import SampleReader
 from promptdistill.personas import (
     LoadedPersona,
     UserPrompt,
     expand_prompts,
     heldout_prompts,
     load_run_persona,
+    teacher_system,
 )
 from promptdistill.sampling.batch_lines import Prepared
 from promptdistill.sampling.compat import check_compatible, recorded_config
+from promptdistill.sampling.correct import (
+    Attempts,
+    check_keep,
+    correctness,
+    next_attempt,
+    prompt_states,
+    retry_job,
+)
 from promptdistill.sampling.cost import prices
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
 from promptdistill.sampling.pool import endpoint_pool
 from promptdistill.sampling.progress import Progress
+from promptdistill.sampling.records import SampleRecords
 from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
 from promptdistill.sampling.summary import SampleSummary
 from promptdistill.sampling.turns import Conversations
@@ -113,6 +122,7 @@ def sample_run(
             "--logprobs: the embedded local teacher (transformers serve) returns no logprobs, "
             "and needs none: `train --objective kd` reads its whole distribution in process"
         )
+    check_keep(config)
     base = config.teacher.base_url
     if base is not None:
         normalize_base_url(base)  # a bad URL fails before the run directory exists
@@ -171,22 +181,25 @@ def _sample_locked(
     check_compatible(run, config, persona)
 
     wanted = {p.id for p in prompts}
-    done_ids: set[str] = set()
     extra: set[str] = set()  # training samples -n does not ask for (an earlier, larger -n)
     reader = SampleReader(run.samples, on_skip=lambda m: say(f"[yellow]warning:[/] {m}; skipped"))
-    for r in reader.records():
+    records = list(reader.records())
+    for r in records:
         rid = str(r.get("id"))
-        if rid in wanted:
-            done_ids.add(rid)
-        elif "id" in r and r.get("split") != "heldout":
+        if rid not in wanted and "id" in r and r.get("split") != "heldout":
             extra.add(rid)
+    # per prompt, the attempt to ask now: the first, a retry (--keep correct), or none
+    states = prompt_states(records, wanted)
+    done_ids = set(states)
     if extra:  # `train` uses every sample: "all N prompts answered" must not suggest N
         say(
             f"[yellow]warning:[/] {run.samples} holds {len(extra)} more training samples than "
             f"-n {config.n} asks for (from an earlier run with a larger -n); `train` uses all "
             "of them: sample into a new --run directory for a smaller set"
         )
-    todo = [p for p in prompts if p.id not in done_ids]
+    asks = [(p, next_attempt(states.get(p.id), config, p.gold, p.split)) for p in prompts]
+    todo = [(p, k) for p, k in asks if k >= 0]
+    gold = {p.id: (p.split, p.gold) for p in prompts}
     summary = SampleSummary(
         run_dir=str(run.path),
         base_url=redact_url(normalize_base_url(base)) if base else "local teacher",
@@ -211,7 +224,7 @@ def _sample_locked(
     atomic_write_bytes(run.failures, b"")
     if batches is not None:
         batches(Prepared(
-            config=config, run=run, todo=todo, done_ids=done_ids, persona=persona,
+            config=config, run=run, todo=[p for p, _ in todo], done_ids=done_ids, persona=persona,
             api_key=api_key, summary=summary, console=console, say=say, live=live,
             log_every_s=log_every_s, handle_sigint=handle_sigint, stop=stop,
         ))  # fmt: skip
@@ -219,6 +232,7 @@ def _sample_locked(
         return summary
     if not todo:
         summary.elapsed_s = time.monotonic() - started
+        summary.correctness = correctness(records, config, gold)
         return summary
 
     with contextlib.ExitStack() as stack:
@@ -243,93 +257,8 @@ def _sample_locked(
             )
         )  # fmt: skip
     summary.elapsed_s = time.monotonic() - started
+    summary.correctness = correctness(SampleReader(run.samples).records(), config, gold)
     return summary
-
-
-class _Records:
-    """Writes each answer to samples.jsonl and each failure for good to failures.jsonl.
-
-    Every line goes to the OS as it is written (kill -9 loses nothing); an fsync (for power
-    cuts) blocks the event loop for ~10 ms, so samples are fsynced every 1024 only. The system
-    prompt is stored once (core/samples.py), so a record holds only its key."""
-
-    def __init__(self, run: RunDir, teacher_info: dict[str, Any], system_prompt: str) -> None:
-        self.teacher_info = teacher_info
-        self.system_key = store_system_prompt(run.samples, system_prompt)
-        self.samples = JsonlWriter(run.samples, fsync_every=1024)
-        try:
-            self.failures = JsonlWriter(run.failures)
-        except BaseException:
-            self.samples.close()
-            raise
-        self.last_answer = time.monotonic()
-        self.written = 0  # samples on disk now (a failed write is not one)
-
-    def on_sample(self, job: Job, r: ChatResult, attempts: int) -> None:
-        self.last_answer = time.monotonic()
-        asked = [m for m in job.messages if m["role"] != "system"]
-        self.samples.write(
-            {
-                "id": job.id,
-                **job.meta,
-                SYSTEM_KEY: self.system_key,
-                "messages": [*asked, {"role": "assistant", "content": r.content}],
-                "finish_reason": r.finish_reason,
-                "truncated": r.finish_reason == "length",
-                "usage": r.usage,
-                "latency_s": None if r.latency_s is None else round(r.latency_s, 4),
-                "attempts": attempts,
-                "teacher": self.teacher_info,
-                **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
-            }
-        )
-        self.written += 1
-
-    def on_conversation(
-        self, job: Job, r: ChatResult, attempts: int, convo: dict[str, Any]
-    ) -> None:
-        """A finished multi-turn conversation (turns.py): `r` is the teacher's last answer."""
-        self.last_answer = time.monotonic()
-        asked = [m for m in convo["messages"] if m["role"] != "system"]
-        self.samples.write(
-            {
-                "id": job.id,
-                **job.meta,
-                SYSTEM_KEY: self.system_key,
-                "messages": asked,
-                "finish_reason": r.finish_reason,
-                "truncated": r.finish_reason == "length",
-                "usage": convo["usage"],
-                "latency_s": round(convo["latency_s"], 4),
-                "attempts": attempts,
-                "teacher": self.teacher_info,
-                "turns": convo["turns"],
-                "finish_reasons": convo["finish_reasons"],
-                "simulator_usage": convo["simulator_usage"],
-                **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
-            }
-        )
-        self.written += 1
-
-    def on_failure(self, job: Job, error: str, kind: str, status: int | None, tries: int) -> None:
-        self.failures.write(
-            {
-                "id": job.id,
-                **job.meta,
-                "prompt": job.messages[-1]["content"],
-                "error": error,
-                "kind": kind,
-                "status": status,
-                "attempts": tries,
-                "teacher": self.teacher_info,
-            }
-        )
-
-    def close(self) -> None:
-        try:
-            self.samples.close()
-        finally:
-            self.failures.close()
 
 
 # Ctrl-C, and `kill` / `timeout` (SIGTERM), stop sampling the same way: cleanly, with every
@@ -387,7 +316,7 @@ async def stopping(
 async def _sample_async(
     config: SampleConfig,
     run: RunDir,
-    todo: list[UserPrompt],
+    todo: list[tuple[UserPrompt, int]],
     persona: LoadedPersona,
     base_url: str,
     model: str,
@@ -403,6 +332,8 @@ async def _sample_async(
     t, s = config.teacher, config.sampling
     teacher_info = teacher_record(config, summary.base_url)
     system_prompt = persona.persona.system_prompt
+    # the teacher's system prompt per prompt set: the persona's and its teacher instructions
+    systems = {p.prompt_set: teacher_system(persona, p.prompt_set) for p, _ in todo}
     stats = EngineStats(total=len(todo))
     # the local teacher's prefix cache needs one finished prefill first (limits.AdaptiveConcurrency)
     limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
@@ -410,13 +341,16 @@ async def _sample_async(
     body = request_body(config, model)
 
     def jobs() -> Iterator[Job]:
-        for p in todo:
-            yield prompt_job(p, system_prompt)
+        for p, k in todo:
+            job = prompt_job(p, systems[p.prompt_set])
+            yield retry_job(job, k, s.seed) if k else job
 
     stop = asyncio.Event()
     sampling_start = time.monotonic()
-    records = _Records(run, teacher_info, system_prompt)
-    on_sample: Callable[[Job, ChatResult, int], Job | None] = records.on_sample
+    records = SampleRecords(run, teacher_info, system_prompt)
+    # grades answers to prompts with a gold answer and queues retries (sampling/correct.py)
+    attempts = Attempts(config, jobs(), records.on_sample, stats)
+    on_sample: Callable[[Job, ChatResult, int], Job | None] = attempts.on_sample
     on_failure = records.on_failure
     if config.turns > 1:
         who = f"an AI assistant ({persona.persona.description.strip()})"
@@ -439,7 +373,9 @@ async def _sample_async(
             Progress(stats, pool, console, live=live, log_every_s=log_every_s),
         ):
             try:
-                finished = await engine.run(jobs(), stop)
+                finished = await engine.run(attempts, stop)
+                while finished and attempts.has_retries:  # retries queued as a pass drained
+                    finished = await engine.run(attempts, stop)
             except FatalError as e:
                 fatal = e
             except (OSError, UserError) as e:  # writing a sample failed: disk full, folder gone
@@ -450,9 +386,10 @@ async def _sample_async(
         failing = True
         raise
     finally:
-        summary.answered_now = records.written
+        summary.answered_now = records.written - attempts.reanswered  # prompts new to the run
+        summary.reasked, summary.reanswered = attempts.reasked, attempts.reanswered
         summary.failed = stats.failed
-        summary.pending = len(todo) - stats.done - stats.failed
+        summary.pending = stats.total - stats.done - stats.failed
         summary.truncated = stats.truncated
         summary.input_tokens += stats.input_tokens
         summary.output_tokens += stats.output_tokens

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.table import Table
 
+from promptdistill.sampling.correct import add_rows
 from promptdistill.sampling.cost import cost_row
 
 
@@ -40,6 +42,9 @@ class SampleSummary:
     # per endpoint when there are several: (base URL, requests, answers, errors, times out)
     endpoints: list[tuple[str, int, int, int, int]] = field(default_factory=list)
     rows: list[tuple[str, str]] = field(default_factory=list)  # what a batch mode adds
+    reasked: int = 0  # retries of wrong answers queued in this run (--keep correct, #17)
+    reanswered: int = 0
+    correctness: Any = None  # sampling/correct.py: Correctness, over the whole samples.jsonl
 
     @property
     def complete(self) -> bool:
@@ -55,6 +60,8 @@ def summary_table(summary: SampleSummary) -> Table:
     t.add_row("prompts requested", str(summary.requested))
     t.add_row("answered before this run", str(summary.answered_before))
     t.add_row("answered now", str(summary.answered_now))
+    if summary.reasked:
+        t.add_row("asked again (wrong answers)", f"{summary.reanswered} of {summary.reasked}")
     t.add_row("failed", str(summary.failed))
     t.add_row("not asked yet", str(summary.pending))
     t.add_row("cut at max_tokens (kept, flagged)", str(summary.truncated))
@@ -73,9 +80,12 @@ def summary_table(summary: SampleSummary) -> Table:
                     summary.price_in, summary.price_out)  # fmt: skip
     if cost is not None:
         t.add_row(*cost)
+    if summary.correctness is not None:
+        add_rows(t, summary.correctness)
     t.add_row("time", f"{summary.elapsed_s:.1f} s")
-    if summary.sampling_s > 0 and summary.answered_now:
-        rate = summary.answered_now / summary.sampling_s
+    answered = summary.answered_now + summary.reanswered
+    if summary.sampling_s > 0 and answered:
+        rate = answered / summary.sampling_s
         shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"  # a slow local teacher: 0.04
         t.add_row("sampling phase", f"{shown} req/s over {summary.sampling_s:.2f} s")
     return t

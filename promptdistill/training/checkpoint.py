@@ -203,6 +203,12 @@ def check_resumable(
                 f"not {getattr(cfg, key)}: rerun with the same value to resume, or pass --fresh "
                 "to start over"
             )
+    was_q = saved["student"].get("quantize", "none")  # checkpoints before #17: unquantised
+    if was_q != student.quantize:
+        raise UserError(
+            f"{path} was trained with --quantize {was_q}, not {student.quantize}: rerun with "
+            "the same value to resume, or pass --fresh to start over"
+        )
     if saved["student"]["model"] != student.model:
         raise UserError(
             f"{path} was trained on --student {saved['student']['model']}: rerun "
@@ -219,7 +225,7 @@ def fresh_start(run: RunDir) -> None:
     """`--fresh`: forget every checkpoint and the adapter, metrics and loss curve."""
     for folder in (run.checkpoints, run.adapter):
         shutil.rmtree(folder, ignore_errors=True)
-    for file in (run.metrics, run.loss_png):
+    for file in (run.metrics, run.loss_png, run.train_dashboard):
         file.unlink(missing_ok=True)
 
 

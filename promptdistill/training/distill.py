@@ -244,9 +244,9 @@ def system_prompt_of(run: RunDir) -> str:
         raise UserError(
             f"{run.config_path} names no persona: cannot find the teacher's system prompt"
         )
-    from promptdistill.personas import load_run_persona
+    from promptdistill.personas import load_run_persona, teacher_system
 
-    return load_run_persona(str(persona), stage.get("data_dir")).persona.system_prompt
+    return teacher_system(load_run_persona(str(persona), stage.get("data_dir")))
 
 
 def in_process_teacher(

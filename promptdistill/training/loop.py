@@ -148,7 +148,8 @@ def train(
     dist = student.dist
     total = source.estimated_steps(start_step)
     step = start_step
-    pending: tuple[torch.Tensor, dict[str, Any]] | None = None  # read one step late
+    # (loss, record, gradient norm), read one step late
+    pending: tuple[torch.Tensor, dict[str, Any], torch.Tensor] | None = None
     wait_start = source.wait_s
     last_eval: tuple[int, Validation] | None = None  # (step, examples) of the last validation
 
@@ -157,8 +158,9 @@ def train(
         stall (nanoGPT: `loss.item()` only at log time). `sync`: and fsync metrics.jsonl."""
         nonlocal pending
         if pending is not None:
-            loss, record = pending
+            loss, record, grad_norm = pending
             pending = None
+            record["grad_norm"] = round(float(grad_norm.item()), 6)  # before clipping (issue #17)
             log.step(record, float(dist.mean(loss).item()), total, source.wait_s - wait_start,
                      source.status(record))  # fmt: skip
         if sync:
@@ -191,7 +193,7 @@ def train(
                     break
                 lr = lr_at(step, total, cfg, source.progress(micro))
                 loss, stats, trained = forward_backward(student, micro, objective, step)
-                student.optimizer_step(lr)
+                grad_norm = student.optimizer_step(lr)
                 step += 1
                 position = source.position(micro[-1])
                 total = source.estimated_steps(step)
@@ -216,7 +218,7 @@ def train(
                     "data_wait_s": round(source.wait_s - wait_start, 4),
                     **{k: round(float(v), 6) for k, v in stats.items()},
                 }
-                pending = (loss, record)
+                pending = (loss, record, grad_norm)
 
                 manage_gc(step, start_step)
 

@@ -22,7 +22,7 @@ from promptdistill.core.config import DatumConfig, StudentConfig, TrainConfig
 from promptdistill.core.errors import UserError
 from promptdistill.core.io import replace_dir, writing
 from promptdistill.core.merge import merge, validate
-from promptdistill.core.plots import plot_loss
+from promptdistill.core.plots import plot_dashboard, plot_loss
 from promptdistill.core.rundir import RunDir
 from promptdistill.datums.store import Datums, prepare_datums
 from promptdistill.training.checkpoint import (
@@ -151,7 +151,8 @@ def _train_run(
     if dist.main:
         run.save_stage_config("train", config_record)
     say(
-        f"training {student_cfg.model} ({_dtype(student)}, {dist.device}), objective "
+        f"training {student_cfg.model} ({_precision(student, student_cfg)}, {dist.device}), "
+        "objective "
         f"{objective.name}, with LoRA "
         f"r={cfg.lora_r} on {cfg.target_modules}: {student.trainable_params / 1e6:.2f}M "
         f"trainable params, {total} steps of <= {cfg.batch_tokens} tokens x {cfg.grad_accum} "
@@ -192,7 +193,8 @@ def _train_run(
             f"{log.tokens_per_s:,.0f} tokens/s, data wait {100 * wait:.1f}%; "
             f"train loss {log.last_loss:.4f}"
             + (f", val loss {log.val_loss:.4f}" if log.val_loss is not None else "")
-            + f"\nadapter: {run.adapter}   loss curve: {run.loss_png}"
+            + f"\nadapter: {run.adapter}   loss curve: {run.loss_png}   dashboard: "
+            f"{run.train_dashboard}"
         )
         if (extra := objective.costs(log.loop_s)) is not None:
             say(extra)
@@ -243,7 +245,7 @@ def _validated(run: RunDir, step: int | None) -> bool:
 
 
 def _save_adapter(run: RunDir, student: Student) -> None:
-    """RUN/adapter, replaced atomically, and the loss curve."""
+    """RUN/adapter, replaced atomically, the loss curve and the dashboard."""
     tmp = run.file(f".{run.adapter.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -253,8 +255,11 @@ def _save_adapter(run: RunDir, student: Student) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, run.adapter)
+    rows = _metrics(run)
     with writing(run.loss_png):
-        plot_loss(_metrics(run), run.loss_png, f"promptdistill train: {run.path.name}")
+        plot_loss(rows, run.loss_png, f"promptdistill train: {run.path.name}")
+    with writing(run.train_dashboard):
+        plot_dashboard(rows, run.train_dashboard, f"promptdistill train: {run.path.name}")
 
 
 def _epoch_source(
@@ -288,7 +293,9 @@ def _say_datums(data: Datums, cfg: DatumConfig, rebuilt: bool, say: Callable[...
         f"{st['dropped']} dropped (> --max-len {cfg.max_len}); teacher answers left out: "
         f"{st.get('loops', 0)} looping"
         + (" (kept: --keep-loops)" if cfg.keep_loops else "")
-        + f", {st.get('empty', 0)} empty{prefix_note(st)}; system prompt removed: "
+        + f", {st.get('empty', 0)} empty{prefix_note(st)}"
+        + (f", {st['incorrect']} wrong (--keep correct)" if st.get("keep") == "correct" else "")
+        + "; system prompt removed: "
         f"{st['system_tokens_removed_mean']:.0f} tokens/example" + ("" if rebuilt else " (cached)")
     )
     if st.get("skipped_lines"):
@@ -320,6 +327,12 @@ def _config_record(
 
 def _dtype(student: Student) -> str:
     return str(student.dtype).removeprefix("torch.")
+
+
+def _precision(student: Student, cfg: StudentConfig) -> str:
+    if cfg.quantize == "4bit":
+        return f"4-bit nf4 base (double quantised), {_dtype(student)} compute, fp32 LoRA"
+    return _dtype(student)
 
 
 def _metrics(run: RunDir) -> list[dict[str, Any]]:

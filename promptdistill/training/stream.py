@@ -47,6 +47,7 @@ from promptdistill.datums.build import (
     Datum,
     build_datums,
     check_prefix_failures,
+    left_out,
     split_of,
 )
 from promptdistill.datums.store import Datums, prepare_datums, to_arrays, tokenizer_fingerprint
@@ -170,6 +171,7 @@ class SampleStream:
         self.eval_examples, self.grad_accum = train_cfg.eval_examples, train_cfg.grad_accum
         self.wanted_ids, self.stop, self.producer = wanted_ids, stop, producer
         self.fingerprint = ""
+        self.keep = "all"  # the sampler's --keep (issue #17), read once sampling has started
         self.wait_s = 0.0
         self.expected = 0  # training examples the finished samples will hold (see `open`)
         self.trained = 0  # training examples handed out as batches, over all runs
@@ -208,6 +210,7 @@ class SampleStream:
         # The prompts' ids are fixed by (persona, n, seed) and the split is a hash of the id, so
         # the number of training examples is known before a single answer arrives (fewer only
         # where a prompt fails or an answer is dropped as too long).
+        self.keep = self.run.sample_keep()
         ids = set(self.wanted_ids)
         scan = SampleTail(self.run.samples)
         while lines := scan.read():
@@ -225,6 +228,8 @@ class SampleStream:
         h.update(self.datum_cfg.model_dump_json().encode())
         h.update(self.model_name.encode())
         h.update(tokenizer_fingerprint(self.renderer).encode())
+        if self.keep != "all":  # only then, so the fingerprints of earlier runs stay as they were
+            h.update(f"keep:{self.keep}".encode())
         self.fingerprint = "stream:" + h.hexdigest()
 
     def with_batching(self, batching: Batching) -> SampleStream:
@@ -252,7 +257,7 @@ class SampleStream:
         # the ids already read (duplicates are skipped as build_datums skips them), and the
         # validation lines among them (a few spare, for any build_datums drops)
         val_lines: list[tuple[int, bytes]] = []
-        scan = SampleTail(self.run.samples)
+        scan, keep = SampleTail(self.run.samples), self.keep
         while scan.offset < offset:
             lines = scan.read()
             if not lines:
@@ -262,8 +267,8 @@ class SampleStream:
                 )
             for start, line in lines:
                 record = _record(line, self._quiet) if start < offset else None
-                if record is None or record.get("split") == "heldout":
-                    continue
+                if record is None or record.get("split") == "heldout" or left_out(record, keep):
+                    continue  # held out, or a wrong answer under --keep correct
                 rid = str(record.get("id", ""))
                 new = rid not in self._seen
                 self._seen.add(rid)
@@ -310,8 +315,8 @@ class SampleStream:
         for start, line in lines:
             record = _record(line, self._records if dedup else self._quiet,
                              f"{self.run.samples} (byte {start})")  # fmt: skip
-            if record is None or record.get("split") == "heldout":
-                continue
+            if record is None or record.get("split") == "heldout" or left_out(record, self.keep):
+                continue  # held out, or a wrong answer under --keep correct (a later may be right)
             rid = str(record.get("id", ""))
             if dedup and rid in self._seen:  # build_datums keeps the first of duplicate ids
                 continue

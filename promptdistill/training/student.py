@@ -51,14 +51,16 @@ class Student:
             stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
         return stack
 
-    def optimizer_step(self, lr: float) -> None:
-        """Average the gradients over ranks, clip, step, and clear them."""
+    def optimizer_step(self, lr: float) -> torch.Tensor:
+        """Average the gradients over ranks, clip, step, and clear them. Returns the gradient
+        norm before clipping, as a tensor (reading it would sync; the loop reads it late)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.dist.mean_grads(self.params)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
 
     def save_adapter(self, path: Path) -> None:
         self.model.save_pretrained(str(path), safe_serialization=True)
@@ -72,7 +74,13 @@ def load_student(student: StudentConfig, cfg: TrainConfig, dist: Dist) -> Studen
 
     model_dir = resolve_model(student.model)
     dtype = resolve_dtype(student.dtype, dist.device.type)
-    base = load_causal_lm(student.model, dtype=dtype, device=str(dist.device))
+    base = load_causal_lm(
+        student.model, dtype=dtype, device=str(dist.device), quantize=student.quantize
+    )
+    if student.quantize == "4bit":  # QLoRA: nf4 base, frozen; norms and embeddings in fp32
+        from promptdistill.models.quantize import for_training
+
+        base = for_training(base)
     if dist.device.type == "cpu" and base.config._attn_implementation == "sdpa":
         # Measured on SmolLM2-135M, bf16, 256-token rows (docs/benchmarks.md): PyTorch's CPU
         # flash-attention kernel took ~26% of a training step, its backward above all; plain
