@@ -39,6 +39,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,37 +165,47 @@ def budget_steps(
 ) -> dict[str, int]:
     """Steps per kind of run (objective and batch size) in sft's training time: sft's steps
     scaled by the ratio of the seconds per step, all calibrated one after the other."""
-    kinds = {"sft": kind_flags("sft"), **kinds}
+    kinds = {"sft": ["--objective", "sft"], **kinds}
     per = {k: seconds_per_step(samples, work, k, flags, log) for k, flags in kinds.items()}
     print("CPU s/step (calibration): " + ", ".join(f"{k} {v:.1f}" for k, v in per.items()))
     return {k: max(1, round(sft_steps * per["sft"] / per[k])) for k in kinds if k != "sft"}
 
 
-def variant(spec: str, seeds: list[int]) -> tuple[str, str, list[str], list[int]]:
+MODIFIER = re.compile(r"keep-loops|ce[\d.]+|bt\d+")  # what may follow an objective's name
+
+
+@dataclass(kw_only=True)
+class Variant:
+    label: str  # as given: `kd-bt1024`
+    kind: str  # what sets a step's cost, calibrated once: the objective and its batch size
+    flags: list[str]  # train flags
+    cost_flags: list[str]  # the flags of its calibration run
+    seeds: list[int]
+
+
+def variant(spec: str, seeds: list[int]) -> Variant:
     """`kd`, `sft-keep-loops`, `kd-ce1` (kd + 1 x the NLL), `kd-bt1024` (1,024-token batches:
-    more, smaller steps), each optionally `:0;1` for its own seeds: (label, the kind of step
-    that sets its cost, extra train flags, seeds)."""
+    more, smaller steps), each optionally `:0;1` for its own seeds."""
     label, _, own = spec.partition(":")
     name, _, rest = label.partition("-")
+    if MODIFIER.sub("", rest).strip("-"):
+        sys.exit(f"unknown variant {spec!r}: use NAME with -keep-loops, -ceW or -btN")
     flags = ["--objective", name]
-    kind = name
-    for mod in re.findall(r"keep-loops|ce[\d.]+|bt\d+", rest):
+    batch: list[str] = []
+    for mod in MODIFIER.findall(rest):
         if mod == "keep-loops":
             flags.append("--keep-loops")
         elif mod.startswith("ce"):
             flags += ["--ce-weight", mod[2:]]
         else:
-            flags += ["--batch-tokens", mod[2:]]
-            kind += f"-{mod}"
-    if re.sub(r"keep-loops|ce[\d.]+|bt\d+|-", "", rest):
-        sys.exit(f"unknown variant {spec!r}: use NAME with -keep-loops, -ceW or -btN")
-    return label, kind, flags, [int(x) for x in own.split(";")] if own else seeds
-
-
-def kind_flags(kind: str) -> list[str]:
-    """The flags that set a step's cost: `kd` -> its objective; `kd-bt1024` -> and its batch."""
-    name, _, batch = kind.partition("-bt")
-    return ["--objective", name, *(["--batch-tokens", batch] if batch else [])]
+            batch = ["--batch-tokens", mod[2:]]
+    return Variant(
+        label=label,
+        kind=name + (f"-bt{batch[1]}" if batch else ""),
+        flags=flags + batch,
+        cost_flags=["--objective", name, *batch],
+        seeds=[int(x) for x in own.split(";")] if own else seeds,
+    )
 
 
 def fmt(values: list[float], spec: str) -> str:
@@ -243,17 +254,18 @@ def main() -> None:
         )
         results: dict[str, list[dict[str, Any]]] = {}
         runs = [variant(o, seeds) for o in a.objectives.split(",")]
-        runs.sort(key=lambda v: v[0] != "sft")  # sft first: its steps set the budget
+        runs.sort(key=lambda v: v.label != "sft")  # sft first: its steps set the budget
         steps: dict[str, int] = {}
-        for label, kind, flags, run_seeds in runs:
+        for v in runs:
+            label, kind = v.label, v.kind
             if a.budget == "epochs":
                 steps[kind] = 0  # the demo's epochs, as sft
             if kind != "sft" and kind not in steps:
                 sft_steps = results["sft"][0]["steps"]
-                kinds = {k: kind_flags(k) for _, k, _, _ in runs if k != "sft"}
+                kinds = {r.kind: r.cost_flags for r in runs if r.kind != "sft"}
                 steps |= budget_steps(samples, a.work / persona, sft_steps, kinds, log)
-            for seed in run_seeds:
-                extra = list(flags)
+            for seed in v.seeds:
+                extra = list(v.flags)
                 if kind != "sft" and steps[kind]:
                     extra += ["--steps", str(steps[kind])]
                 dest = a.work / persona / f"{label}-seed{seed}"
