@@ -43,46 +43,49 @@ class SampleRecords:
         return self.keys[system]
 
     def on_sample(self, job: Job, r: ChatResult, attempts: int) -> None:
-        self.last_answer = time.monotonic()
         asked = [m for m in job.messages if m["role"] != "system"]
-        self.samples.write(
-            {
-                "id": job.id,
-                **job.meta,
-                SYSTEM_KEY: self.key(job),
-                "messages": [*asked, {"role": "assistant", "content": r.content}],
-                "finish_reason": r.finish_reason,
-                "truncated": r.finish_reason == "length",
-                "usage": r.usage,
-                "latency_s": None if r.latency_s is None else round(r.latency_s, 4),
-                "attempts": attempts,
-                "teacher": self.teacher_info,
-                **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
-            }
-        )
-        self.written += 1
+        messages = [*asked, {"role": "assistant", "content": r.content}]
+        self._write(job, r, attempts, messages=messages, usage=r.usage, latency_s=r.latency_s)
 
     def on_conversation(
         self, job: Job, r: ChatResult, attempts: int, convo: dict[str, Any]
     ) -> None:
         """A finished multi-turn conversation (turns.py): `r` is the teacher's last answer."""
+        self._write(
+            job,
+            r,
+            attempts,
+            messages=[m for m in convo["messages"] if m["role"] != "system"],
+            usage=convo["usage"],
+            latency_s=convo["latency_s"],
+            turns={k: convo[k] for k in ("turns", "finish_reasons", "simulator_usage")},
+        )
+
+    def _write(
+        self,
+        job: Job,
+        r: ChatResult,
+        attempts: int,
+        *,
+        messages: list[dict[str, str]],
+        usage: dict[str, Any],
+        latency_s: float | None,
+        turns: dict[str, Any] | None = None,
+    ) -> None:
         self.last_answer = time.monotonic()
-        asked = [m for m in convo["messages"] if m["role"] != "system"]
         self.samples.write(
             {
                 "id": job.id,
                 **job.meta,
                 SYSTEM_KEY: self.key(job),
-                "messages": asked,
+                "messages": messages,
                 "finish_reason": r.finish_reason,
                 "truncated": r.finish_reason == "length",
-                "usage": convo["usage"],
-                "latency_s": round(convo["latency_s"], 4),
+                "usage": usage,
+                "latency_s": None if latency_s is None else round(latency_s, 4),
                 "attempts": attempts,
                 "teacher": self.teacher_info,
-                "turns": convo["turns"],
-                "finish_reasons": convo["finish_reasons"],
-                "simulator_usage": convo["simulator_usage"],
+                **(turns or {}),
                 **({"logprobs": r.logprobs} if r.logprobs is not None else {}),
             }
         )
