@@ -172,10 +172,38 @@ def test_run_keep_attempts_and_quantize_redo_the_stages_they_change() -> None:
     assert fps({"sample": {"keep": "all", "attempts": 1}}) == plain  # the defaults: as before
 
 
+def test_batch_answers_are_graded_as_online_ones_are(tmp_path: Path) -> None:
+    """Under --keep all, a results file's answers (vllm run-batch, the Batch API console) get
+    `correct` and `final_answer` like online answers, and the summary shows the teacher's
+    accuracy: eval and the datums read both alike."""
+    from fake_batches import FakeBatches
+
+    def respond(messages: list[dict[str, Any]]) -> str:
+        a, b = map(int, re.findall(r"\d+", messages[-1]["content"]))
+        total = a + b if a % 2 == 0 else a + b + 1  # right when the first number is even
+        return f"Step 1: {a} + {b} = {total}\nFinal Answer: {total}"
+
+    persona = write_math_persona(tmp_path)
+    run, batch, results = tmp_path / "run", tmp_path / "batch.jsonl", tmp_path / "results.jsonl"
+    with start_fake_server(responder=respond, batches=FakeBatches()) as server:
+        base = cli_args(persona, run, len(SUMS), server.base_url)
+        wrote = run_cli([*base, "--write-batch-file", str(batch)])
+        assert wrote.returncode == 0, wrote.stderr
+        results.write_bytes(server.batches.run_batch(batch.read_bytes()))
+    out = run_cli([*base, "--read-batch-file", str(results)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = by_prompt(run)
+    assert len(records) == len(SUMS) + len(HELDOUT)
+    for a, b in SUMS + HELDOUT:
+        (r,) = records[f"What is {a} + {b}?"]
+        assert r["correct"] is (a % 2 == 0) and r["final_answer"], r
+    assert row(out.stdout, "teacher accuracy, first answers") == "42.9% of 7"
+
+
 def test_keep_correct_with_a_batch_flag_is_refused_before_the_run(
     tmp_path: Path, teacher: Any
 ) -> None:
-    """Batch answers are merged ungraded and all at once, so --keep correct / --attempts cannot
+    """Batch answers all arrive at the batch's end, so --keep correct / --attempts cannot
     ask a wrong one again: one line naming both flags, before the run directory exists."""
     persona = write_math_persona(tmp_path)
     results = tmp_path / "results.jsonl"

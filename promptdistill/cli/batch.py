@@ -118,16 +118,16 @@ def batch_flag(write: Path | None, read: Path | None, batch_api: bool | None) ->
 
 def check_batch_keep(keep: str, attempts: int, batch: str | None) -> None:
     """--keep correct grades each answer as it arrives and asks a wrong one again (sampling/
-    correct.py, issue #17); a batch's answers are merged ungraded, all at once (checked before
-    the run is created; batch_run.py says it again)."""
+    correct.py, issue #17); a batch's answers are graded too, but arrive all at once, after the
+    batch (checked before the run is created; batch_run.py says it again)."""
     if batch is None or (keep != "correct" and attempts <= 1):
         return
     given = [f for f, on in (("--keep correct", keep == "correct"),
                              (f"--attempts {attempts}", attempts > 1)) if on]  # fmt: skip
     flag = " ".join(given)
     raise UserError(
-        f"{flag} with {batch}: batch answers are not graded against the gold answers, so no "
-        f"wrong one is asked again; sample online (drop {batch}) to keep only correct answers"
+        f"{flag} with {batch}: a batch's answers all arrive at its end, so no wrong one is "
+        f"asked again; sample online (drop {batch}) to keep only correct answers"
     )
 
 

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from promptdistill.clients.endpoint import ChatResult
 from promptdistill.core.errors import UserError
 from promptdistill.personas import teacher_system
 from promptdistill.sampling.batch_api import cancel_batches, sample_batches
 from promptdistill.sampling.batch_file import read_batch_file, write_batch_file
 from promptdistill.sampling.batch_lines import BatchWork, Prepared
+from promptdistill.sampling.correct import graded
 from promptdistill.sampling.engine import Job
 from promptdistill.sampling.records import SampleRecords
 from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
@@ -54,8 +56,8 @@ def batch_runner(action: BatchAction | None) -> Callable[[Prepared], None]:
         grading = config.keep == "correct" or config.attempts > 1  # cli/batch.py checks first
         if grading and (action is None or action.kind != "cancel"):
             raise UserError(
-                f"keep: {config.keep}, attempts: {config.attempts}: batch answers are not "
-                "graded against the gold answers, so no wrong one is asked again; sample online"
+                f"keep: {config.keep}, attempts: {config.attempts}: a batch's answers all arrive "
+                "at its end, so no wrong one is asked again; sample online"
             )
         work = batch_work(prepared)
         if action is None:
@@ -99,8 +101,9 @@ def batch_work(p: Prepared) -> BatchWork:
     return BatchWork(
         config=config, run=p.run, jobs=jobs,
         done_ids=p.done_ids, body=request_body(config, model),
-        open_records=lambda: SampleRecords(
-            p.run, teacher_record(config, summary.base_url), system_prompt
+        open_records=lambda: GradedRecords(
+            SampleRecords(p.run, teacher_record(config, summary.base_url), system_prompt),
+            config.answer_pattern,
         ),
         online=online, summary=summary, console=p.console, say=p.say, api_key=p.api_key,
         live=p.live, log_every_s=p.log_every_s,
@@ -111,3 +114,21 @@ def batch_work(p: Prepared) -> BatchWork:
 async def _set_when(event: asyncio.Event, flag: threading.Event) -> None:
     await event.wait()
     flag.set()
+
+
+class GradedRecords:
+    """samples.jsonl and failures.jsonl for a batch's answers, each graded first where its
+    prompt has a gold answer: a batch answer carries `correct` and `final_answer` as an online
+    one does, so eval and the summary's accuracy read both alike (issue #17)."""
+
+    def __init__(self, records: SampleRecords, pattern: str) -> None:
+        self.records, self.pattern = records, pattern
+
+    def on_sample(self, job: Job, r: ChatResult, attempts: int) -> None:
+        self.records.on_sample(graded(job, r.content, self.pattern), r, attempts)
+
+    def on_failure(self, job: Job, error: str, kind: str, status: int | None, tries: int) -> None:
+        self.records.on_failure(job, error, kind, status, tries)
+
+    def close(self) -> None:
+        self.records.close()

@@ -69,6 +69,15 @@ def grade(answer: str, gold: str, pattern: str) -> dict[str, Any]:
     return {"final_answer": extracted, "correct": answers_match(extracted, gold)}
 
 
+def graded(job: Job, answer: str, pattern: str) -> Job:
+    """`job` with its answer's grade in its meta (`correct`, `final_answer`), where its prompt
+    has a gold answer: what the answer's record in samples.jsonl carries."""
+    gold = job.meta.get("gold")
+    if gold is None:
+        return job
+    return replace(job, meta={**job.meta, **grade(answer, str(gold), pattern)})
+
+
 def retries_wanted(config: SampleConfig) -> bool:
     return config.keep == "correct" and config.attempts > 1
 
@@ -145,11 +154,7 @@ class Attempts:
 
     def on_sample(self, job: Job, result: ChatResult, tries: int) -> Job | None:
         gold, attempt = job.meta.get("gold"), int(job.meta.get("attempt") or 0)
-        if gold is not None:
-            job = replace(
-                job,
-                meta={**job.meta, **grade(result.content, str(gold), self.config.answer_pattern)},
-            )
+        job = graded(job, result.content, self.config.answer_pattern)
         follow = self.write(job, result, tries)
         if attempt:
             self.reanswered += 1

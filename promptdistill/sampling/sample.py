@@ -229,6 +229,7 @@ def _sample_locked(
             log_every_s=log_every_s, handle_sigint=handle_sigint, stop=stop,
         ))  # fmt: skip
         summary.elapsed_s = time.monotonic() - started
+        summary.correctness = correctness(SampleReader(run.samples).records(), config, gold)
         return summary
     if not todo:
         summary.elapsed_s = time.monotonic() - started
