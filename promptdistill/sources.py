@@ -17,12 +17,16 @@ file and line (or row) and the field, and says what to do.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -34,6 +38,8 @@ from promptdistill.core.yamlio import field_line
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "text",
             ".text": "text", ".parquet": "parquet"}  # fmt: skip
 DEFAULT_FIELDS = ("prompt", "messages")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")  # fmt: skip
 
 
 class FieldError(UserError):
@@ -341,23 +347,26 @@ def open_dataset(kind: str, location: str, split: str | None, at: Where) -> Any:
     # the hub client logs each retry of an unreachable hub; the one-line error below says it
     huggingface_hub.utils.logging.set_verbosity_error()
     cache = str(promptdistill_home() / "datasets")
+    offline: str | None = None
     try:
         if kind == "parquet":
             return datasets.Dataset.from_parquet(location, cache_dir=cache, keep_in_memory=True)
         if kind == "disk":
             loaded = datasets.load_from_disk(location, keep_in_memory=True)
         else:
-            loaded = datasets.load_dataset(location, split=split or "train", cache_dir=cache)
+            with offline_unless_reachable() as offline:
+                loaded = datasets.load_dataset(location, split=split or "train", cache_dir=cache)
     except UserError:
         raise
     except Exception as e:  # a corrupt file, a missing folder, an unreachable hub
         reason = " ".join(str(e).split())[:200]
         hint = (
-            "check the id and that the hub is reachable (or download it once and point "
-            "'path:' at a save_to_disk folder or Parquet file)"
+            (f"{offline}, and the dataset is not in the local cache" if offline else
+             "check the id and that the hub is reachable")
+            + " (or download it once and point 'path:' at a save_to_disk folder or Parquet file)"
             if kind == "hub"
             else "check the file"
-        )
+        )  # fmt: skip
         raise UserError(
             f"{at()}: cannot read {location} ({type(e).__name__}: {reason}); {hint}"
         ) from None
@@ -370,3 +379,41 @@ def open_dataset(kind: str, location: str, split: str | None, at: Where) -> Any:
             )
         return loaded[name]
     return loaded
+
+
+@contextlib.contextmanager
+def offline_unless_reachable(timeout_s: float = 5.0) -> Iterator[str | None]:
+    """Hub reads in offline mode (the local cache only) when the hub's host does not accept a
+    connection within `timeout_s`: the hub client otherwise retries an unreachable host with
+    backoff for about half a minute before it gives up. Yields why the read is offline, or
+    None. Behind a proxy (HTTPS_PROXY and the like) a direct connection says nothing: no check."""
+    import datasets
+    import huggingface_hub
+
+    hub = huggingface_hub.constants
+    if hub.HF_HUB_OFFLINE:
+        yield "HF_HUB_OFFLINE is set"
+        return
+    if any(os.environ.get(k) for k in PROXY_VARIABLES):
+        yield None
+        return
+    if hub_answers(hub.ENDPOINT, timeout_s):
+        yield None
+        return
+    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield f"the hub ({hub.ENDPOINT}) did not answer"
+    finally:
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def hub_answers(endpoint: str, timeout_s: float) -> bool:
+    """Whether the hub's host accepts a TCP connection within `timeout_s`."""
+    url = urlsplit(endpoint)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        return False
+    return True

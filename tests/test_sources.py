@@ -205,7 +205,22 @@ def test_hub_dataset_without_the_hub_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "cannot read someone/user-logs" in r.stderr and "hub is reachable" in r.stderr
+    assert "cannot read someone/user-logs" in r.stderr
+    assert "HF_HUB_OFFLINE is set, and the dataset is not in the local cache" in r.stderr
+
+
+def test_an_unreachable_hub_is_named_at_once(tmp_path: Path) -> None:
+    """With no offline flag set, a hub that refuses connections is found out by one connect
+    (not half a minute of the hub client's retries) and named in the one-line error."""
+    write_set(tmp_path, [{"dataset": "someone/user-logs", "split": "train"}])
+    env = {k: v for k, v in os.environ.items() if "OFFLINE" not in k and "PROXY" not in k.upper()}
+    env |= {"PROMPTDISTILL_DATA": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    cmd = [sys.executable, "-m", "promptdistill", "prompts", "logbot", "-n", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "the hub (http://127.0.0.1:9) did not answer" in r.stderr
+    assert "not in the local cache" in r.stderr
 
 
 def test_search_path_puts_the_users_folders_first(tmp_path: Path) -> None:
