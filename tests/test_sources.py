@@ -198,29 +198,30 @@ def test_bad_sources_are_one_line_naming_file_line_and_field(tmp_path: Path, cas
     assert expected in lines[0], lines[0]
 
 
-def test_hub_dataset_without_the_hub_is_a_clear_error(tmp_path: Path) -> None:
+def hub_source_error(tmp_path: Path, **env: str) -> str:
+    """The one-line error of a prompt set whose source is a hub dataset, read under `env`
+    (no offline or proxy variables of this machine's own)."""
     write_set(tmp_path, [{"dataset": "someone/user-logs", "split": "train"}])
-    env = {**os.environ, "PROMPTDISTILL_DATA": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    base = {k: v for k, v in os.environ.items() if "OFFLINE" not in k and "PROXY" not in k.upper()}
     cmd = [sys.executable, "-m", "promptdistill", "prompts", "logbot", "-n", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**base, "PROMPTDISTILL_DATA": str(tmp_path), **env})  # fmt: skip
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot read someone/user-logs" in r.stderr
-    assert "HF_HUB_OFFLINE is set, and the dataset is not in the local cache" in r.stderr
+    return r.stderr
+
+
+def test_hub_dataset_without_the_hub_is_a_clear_error(tmp_path: Path) -> None:
+    line = hub_source_error(tmp_path, HF_HUB_OFFLINE="1")
+    assert "HF_HUB_OFFLINE is set, and the dataset is not in the local cache" in line
 
 
 def test_an_unreachable_hub_is_named_at_once(tmp_path: Path) -> None:
     """With no offline flag set, a hub that refuses connections is found out by one connect
     (not half a minute of the hub client's retries) and named in the one-line error."""
-    write_set(tmp_path, [{"dataset": "someone/user-logs", "split": "train"}])
-    env = {k: v for k, v in os.environ.items() if "OFFLINE" not in k and "PROXY" not in k.upper()}
-    env |= {"PROMPTDISTILL_DATA": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    cmd = [sys.executable, "-m", "promptdistill", "prompts", "logbot", "-n", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "the hub (http://127.0.0.1:9) did not answer" in r.stderr
-    assert "not in the local cache" in r.stderr
+    line = hub_source_error(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    assert "the hub (http://127.0.0.1:9) did not answer, and the dataset is not in" in line
 
 
 def test_search_path_puts_the_users_folders_first(tmp_path: Path) -> None:
