@@ -151,6 +151,20 @@ def test_replies_are_parsed_robustly(reply: str) -> None:
     assert parse_reply(reply) == ["How do I cut this?", "Is the second comma wrong?"]
 
 
+def test_code_markup_and_headings_in_a_reply_are_not_messages() -> None:
+    """What SmolLM2-135M wrote instead of a JSON list in a real run (prompt_diversity, seed 1):
+    only the strings that read as messages survive; one assigned in code is taken out of it."""
+    reply = "\n".join([
+        "<<<<<<<", "#disabledahack", "```python", "res = createData",
+        'res[1] = "Did the deafness change how you wrote the late quartets?"', "10",
+        "Freelance:", "Content:", "```", "Which symphony do you like best?",
+    ])  # fmt: skip
+    assert parse_reply(reply) == [
+        "Did the deafness change how you wrote the late quartets?",
+        "Which symphony do you like best?",
+    ]
+
+
 def test_what_a_reply_copies_from_its_request_is_not_a_message() -> None:
     """A small teacher often repeats its request: the style list, an example prompt, or all of
     it. None of that is a message a user would send."""

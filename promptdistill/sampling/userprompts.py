@@ -148,6 +148,12 @@ STYLE_NOTE = re.compile(r"^\s*[(\[][^)\]]{0,80}[)\]]\s*[:-]?\s*|\s*[(\[][^)\]]{0
 META = re.compile(
     r"^(?:sure|okay|ok|certainly|of course|here (?:are|is)|below are|these are|note:)\b", re.I
 )
+# what a small teacher writes around or instead of messages (seen from SmolLM2-135M): code
+# fences, markers, code lines; a string assigned in code (`res[1] = "..."`) is taken out of it
+CODE = re.compile(r"^\s*(?:```|~~~|<{3,}|>{3,}|#!|(?:import|from|def|class|return)\s|[\w.]+"
+                  r"(?:\[[^\]]*\])?\s*=(?!=))")  # fmt: skip
+CODE_STRING = re.compile(r"""^\W{0,3}[\w.]+(?:\[[^\]]*\])?\s*=\s*(["'])(.+)\1\W{0,2}$""")
+WORD = re.compile(r"[^\W\d_]{2,}")  # a word of two letters or more, in any script
 QUOTES = "\"'“”‘’`"
 
 
@@ -163,7 +169,7 @@ def parse_reply(text: str, request: str = "") -> list[str]:
     out = []
     for item in items:
         item = _clean(item)
-        if not 2 <= len(item) <= 2000 or META.match(item):
+        if not 2 <= len(item) <= 2000 or META.match(item) or not plausible(item):
             continue
         key = normalized(item)
         if asked and ((len(key) >= 12 and key in asked) or (last and last in key)):
@@ -199,8 +205,17 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
+def plausible(item: str) -> bool:
+    """Whether a cleaned line reads as a message: two words or more, not a heading that ends
+    in a colon, not code or markup. "10", "Content:", "```python" and "<<<<" are not."""
+    return len(WORD.findall(item)) >= 2 and not item.endswith(":") and not CODE.match(item)
+
+
 def _clean(item: str) -> str:
     item = " ".join(item.split())
+    quoted = CODE_STRING.match(item)
+    if quoted:
+        item = quoted.group(2)
     for _ in range(2):
         item = LABEL.sub("", item)
         item = STYLE_NOTE.sub("", item).strip().rstrip(",")
