@@ -112,9 +112,13 @@ async def baseline(base_url: str, messages: list[list[dict[str, str]]], concurre
     return sum(1 for a in answers if isinstance(a, str) and a)
 
 
-async def raw_aiohttp(base_url: str, bodies: list[bytes], concurrency: int) -> int:
+async def raw_aiohttp(
+    base_url: str, bodies: list[bytes], concurrency: int,
+    timings: list[tuple[float, float]] | None = None,
+) -> int:  # fmt: skip
     """Reference ceiling for this machine: the bare aiohttp + orjson loop the engine is built on
-    (no limits, no retries, nothing written), `concurrency` workers over one session."""
+    (no limits, no retries, nothing written), `concurrency` workers over one session. With
+    `timings`, each request's (sent, latency) in seconds from the start goes there."""
     import aiohttp
     import orjson
 
@@ -123,14 +127,18 @@ async def raw_aiohttp(base_url: str, bodies: list[bytes], concurrency: int) -> i
     headers = {"Content-Type": "application/json"}
     answered = 0
     it = iter(bodies)
+    start = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
             nonlocal answered
             for body in it:
+                sent = time.perf_counter()
                 async with session.post(url, data=body, headers=headers) as r:
                     data = orjson.loads(await r.read())
                 answered += bool(data["choices"][0]["message"]["content"])
+                if timings is not None:
+                    timings.append((sent - start, time.perf_counter() - sent))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return answered
