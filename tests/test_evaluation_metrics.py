@@ -114,5 +114,13 @@ def test_final_answer_accuracy_compares_numbers_by_value() -> None:
     assert not answers_match("12.01", "12")
     assert answers_match("Paris.", "paris")
     assert not answers_match(None, "3")
+    # a numeric gold against words with exactly one number: that number (a small model's "The
+    # answer is 42." on its last line); two or more numbers say nothing about which is meant
+    assert answers_match("The answer is 42.", "42") and answers_match("17 apples", "17")
+    assert answers_match("It costs $1,250.", "1250") and not answers_match(
+        "The answer is 41.", "42"
+    )
+    assert not answers_match("41 or 42", "42") and not answers_match("15 + 27 = 42", "42")
+    assert not answers_match("forty-two", "42") and not answers_match("42 apples", "apples")
     assert final_answer_correct("Step 1: 2 + 2 = 4\nFinal Answer: 4", "4") == 1.0
     assert final_answer_correct("Step 1: 2 + 2 = 5\nFinal Answer: 5", "4") == 0.0

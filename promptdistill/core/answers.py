@@ -45,11 +45,26 @@ def _as_number(text: str) -> float | None:
     return float(t)
 
 
+_NUMBERS = re.compile(r"[-+−]?\$?\d[\d,]*(?:\.\d+)?%?")
+
+
+def _only_number(text: str) -> float | None:
+    """The value of the one number in `text` ("The answer is 42." -> 42.0); None when it holds
+    none or several ("41 or 42", "15 + 27 = 42": which one is meant is not said)."""
+    found = _NUMBERS.findall(text)
+    return _as_number(found[0].rstrip(",")) if len(found) == 1 else None
+
+
 def answers_match(extracted: str | None, gold: str) -> bool:
-    """Numbers compare by value (to 1e-6), everything else by SQuAD normalisation."""
+    """Numbers compare by value (to 1e-6), everything else by SQuAD normalisation. Against a
+    numeric gold, an answer in words with exactly one number in it ("The answer is 42.", "17
+    apples") is that number: a small model often writes the answer so instead of on the
+    pattern's line, and the last line is what is extracted then."""
     if extracted is None:
         return False
     a, b = _as_number(extracted), _as_number(gold)
+    if a is None and b is not None:
+        a = _only_number(extracted)
     if a is not None and b is not None:
         return abs(a - b) <= 1e-6 * max(1.0, abs(b))
     return normalize_answer(extracted) == normalize_answer(gold)
