@@ -32,14 +32,15 @@ def teacher_topk(samples: Path, out: Path, k: int) -> None:
     """samples.jsonl with the embedded teacher's top-K logprobs of every answer token."""
     import torch
 
+    from promptdistill.core.samples import SampleReader
     from promptdistill.models.chat import Renderer
     from promptdistill.models.load import load_causal_lm, load_tokenizer
 
     renderer = Renderer(load_tokenizer("smollm2-135m"))
     model = load_causal_lm("smollm2-135m", "auto")
     lines = []
-    for line in (samples / "samples.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    # the records with their system prompts back in (samples name them by hash, issue #16)
+    for r in SampleReader(samples / "samples.jsonl").records():
         prompt = renderer.prompt(r["messages"][:-1])
         answer = renderer.tokenizer(r["messages"][-1]["content"], add_special_tokens=False)[
             "input_ids"
