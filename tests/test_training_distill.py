@@ -255,6 +255,13 @@ def test_kd_and_onpolicy_from_an_endpoint_with_real_logprobs(
         assert r.returncode == 0, r.stderr
         rows = train_rows(RunDir(tmp_path / "run"))
         assert len(rows) == 3 and all(x["kl"] >= 0 for x in rows)
+        # --kd-tail renorm: the same top 5, renormalised instead of a sixth bucket for the rest
+        r = cli("train", str(tmp_path / "run"), "--student", str(tiny_model), "--objective",
+                "kd", "--kd-tail", "renorm", "--steps", "3", "--fresh", *TINY)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        renorm = train_rows(RunDir(tmp_path / "run"))
+        assert len(renorm) == 3 and renorm[0]["kl"] != rows[0]["kl"]
+        assert "kd_tail: renorm" in (tmp_path / "run" / "config.yaml").read_text()
 
         asked = server.requests
         r = cli("train", str(tmp_path / "run"), "--student", str(tiny_model), "--objective",

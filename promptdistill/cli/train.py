@@ -70,6 +70,13 @@ def train(
     ce_weight: Annotated[
         float | None, typer.Option(help="kd: add this times the NLL of the sampled token.")
     ] = None,
+    kd_tail: Annotated[
+        str | None,
+        typer.Option(
+            help="kd from an endpoint's top-K logprobs: bucket (the rest is one more bucket, "
+            "default) or renorm (the top K renormalised)."
+        ),
+    ] = None,
     hidden_weight: Annotated[
         float | None,
         typer.Option(
@@ -116,6 +123,7 @@ def train(
             "grad_accum": grad_accum, "warmup": warmup, "schedule": schedule,
             "save_every": save_every, "eval_every": eval_every, "seed": seed,
             "objective": objective, "ce_weight": ce_weight, "hidden_weight": hidden_weight,
+            "kd_tail": kd_tail,
             "onpolicy_fraction": onpolicy_fraction, "teacher_model": teacher_model,
         },
     }  # fmt: skip

@@ -325,6 +325,9 @@ class TrainConfig(StrictModel):
     objective: Literal["sft", "kd", "onpolicy"] = "sft"
     ce_weight: float = Field(0.0, ge=0.0)
     hidden_weight: float = Field(0.0, ge=0.0)
+    # kd from an endpoint's top K logprobs: the mass outside them is one more bucket (TRL's
+    # `loss_add_tail`), or the top K are renormalised (tinker-cookbook's sdft.py)
+    kd_tail: Literal["bucket", "renorm"] = "bucket"
     onpolicy_fraction: float = Field(1.0, gt=0.0, le=1.0)
     # another local model as the teacher (it must share the student's tokenizer); None: the
     # run's teacher (the student's own base model with the system prompt, by default)

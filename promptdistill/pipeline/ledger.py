@@ -39,6 +39,7 @@ LATER_FIELDS = (
     "objective",
     "ce_weight",
     "hidden_weight",
+    "kd_tail",
     "onpolicy_fraction",
     "teacher_model",
     "keep_loops",

@@ -40,6 +40,7 @@ RESUME_KEYS = (
     "objective",  # issue #13: checkpoints from before it were all sft, the default
     "ce_weight",
     "hidden_weight",
+    "kd_tail",
     "onpolicy_fraction",
     "teacher_model",
 )

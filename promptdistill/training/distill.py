@@ -187,7 +187,9 @@ def objective_for(cfg: TrainConfig, student: Student, renderer: Renderer, run: R
             "--hidden-weight needs a local teacher with the student's hidden size (the student's "
             "own base model, or --teacher-model with the same architecture)"
         )
-    distill = Distill(teacher, ce_weight=cfg.ce_weight, hidden_weight=cfg.hidden_weight)
+    distill = Distill(
+        teacher, ce_weight=cfg.ce_weight, hidden_weight=cfg.hidden_weight, tail=cfg.kd_tail
+    )
     if cfg.objective == "kd":
         return distill
     turns = int((run.stage_config("sample") or {}).get("turns") or 1)
