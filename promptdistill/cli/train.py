@@ -70,12 +70,8 @@ def train(
     ce_weight: Annotated[
         float | None, typer.Option(help="kd: add this times the NLL of the sampled token.")
     ] = None,
-    kd_tail: Annotated[
-        str | None,
-        typer.Option(
-            help="kd from an endpoint's top-K logprobs: bucket (the rest is one more bucket, "
-            "default) or renorm (the top K renormalised)."
-        ),
+    kd_tail: Annotated[  # kd from an endpoint's top K: the rest one more bucket, or renormalised
+        str | None, typer.Option(help="kd from top-K logprobs: bucket (default) or renorm.")
     ] = None,
     hidden_weight: Annotated[
         float | None,
