@@ -153,12 +153,12 @@ class Attempts:
         self.stats.total += 1
 
     def on_sample(self, job: Job, result: ChatResult, tries: int) -> Job | None:
-        gold, attempt = job.meta.get("gold"), int(job.meta.get("attempt") or 0)
-        job = graded(job, result.content, self.config.answer_pattern)
+        attempt = int(job.meta.get("attempt") or 0)
+        job = graded(job, result.content, self.config.answer_pattern)  # no gold: no grade
         follow = self.write(job, result, tries)
         if attempt:
             self.reanswered += 1
-        wrong = gold is not None and job.meta.get("correct") is False
+        wrong = job.meta.get("correct") is False
         more = retries_wanted(self.config) and attempt + 1 < self.config.attempts
         if wrong and more and job.meta.get("split") == "train":
             self.queue(retry_job(job, attempt + 1, self.config.sampling.seed))
