@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 import orjson
 
@@ -38,8 +38,6 @@ from promptdistill.core.yamlio import field_line
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "text",
             ".text": "text", ".parquet": "parquet"}  # fmt: skip
 DEFAULT_FIELDS = ("prompt", "messages")
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                   "all_proxy")  # fmt: skip
 
 
 class FieldError(UserError):
@@ -394,7 +392,7 @@ def offline_unless_reachable(timeout_s: float = 5.0) -> Iterator[str | None]:
     if hub.HF_HUB_OFFLINE:
         yield "HF_HUB_OFFLINE is set"
         return
-    if any(os.environ.get(k) for k in PROXY_VARIABLES):
+    if set(getproxies()) - {"no"}:  # HTTPS_PROXY and the like, as urllib reads them
         yield None
         return
     if hub_answers(hub.ENDPOINT, timeout_s):
