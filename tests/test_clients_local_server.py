@@ -1,8 +1,9 @@
 """The embedded local teacher: a real `transformers serve` subprocess on 127.0.0.1.
 
-The happy paths run the real CLI (`sample` with no --base-url, `teacher serve` + Ctrl-C); the
-failure cases are real failures: a port someone else holds, a model directory the server cannot
-load, a startup deadline it cannot meet, a model name nobody knows.
+The happy path runs the real CLI (`teacher serve` + Ctrl-C; `sample` answers in process now,
+tests/test_clients_in_process.py); the failure cases are real failures: a port someone else
+holds, a model directory the server cannot load, a startup deadline it cannot meet, a model
+name nobody knows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import pytest
 from promptdistill.clients.endpoint import ChatResult, Transport, chat_body
 from promptdistill.clients.local_server import free_port, running_local_teacher
 from promptdistill.core.errors import UserError
-from promptdistill.core.samples import SampleReader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,36 +85,6 @@ def held_port() -> Iterator[int]:
 
 
 # --------------------------------------------------------------------------- happy paths
-
-
-@pytest.mark.slow
-def test_sample_without_base_url_uses_and_stops_the_local_teacher(
-    smollm2_dir: Path, tmp_path: Path
-) -> None:
-    run = tmp_path / "run"
-    result = subprocess.run(
-        cli("sample", "beethoven", "--run", str(run), "-n", "2", "--max-tokens", "16")
-        + ["--no-heldout"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
-    started = re.search(r"local teacher started at http://127\.0\.0\.1:(\d+)/v1", out)
-    assert started, out
-    assert "local teacher shut down" in out
-    assert out.index("local teacher shut down") > started.end()
-    assert not listening(int(started.group(1))), "the server outlived the command"
-
-    records = list(SampleReader(run / "samples.jsonl").records())  # system prompt restored
-    assert len(records) == 2
-    for record in records:
-        roles = [m["role"] for m in record["messages"]]
-        assert roles == ["system", "user", "assistant"]
-        assert "Beethoven" in record["messages"][0]["content"]
-        assert record["messages"][2]["content"].strip()
 
 
 @pytest.mark.slow

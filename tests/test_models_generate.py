@@ -3,7 +3,10 @@ streaming callbacks and stopping."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from tiny import SYSTEM_PROMPT, USER_PROMPTS
 
 from promptdistill.models.generate import generate
 
@@ -52,3 +55,27 @@ def test_should_stop_ends_generation_at_once(tiny: tuple[Any, Any]) -> None:
         on_step=lambda _row, t: steps.append(t), should_stop=lambda: len(steps) >= 3,
     )[0]  # fmt: skip
     assert len(out.tokens) == 3 and out.finish_reason == "stopped"
+
+
+def test_a_cached_prefix_gives_the_answers_of_the_whole_prompt(smollm2_dir: Path) -> None:
+    """The teacher's system prompt run once (models/prefix.py) and rows laid out as prefix |
+    padding | rest answer exactly as the whole prompts do, in one batch of uneven lengths.
+    The real SmolLM2 in fp32: a random tiny model's answers hardly depend on the context."""
+    import torch
+
+    from promptdistill.models.chat import Renderer
+    from promptdistill.models.load import load_causal_lm, load_tokenizer
+    from promptdistill.models.prefix import run_prefix
+
+    model, renderer = load_causal_lm(smollm2_dir, "fp32"), Renderer(load_tokenizer(smollm2_dir))
+    system = {"role": "system", "content": SYSTEM_PROMPT}
+    prompts = [renderer.prompt([system, {"role": "user", "content": u}]) for u in USER_PROMPTS[:3]]
+    shared = next(k for k in range(len(prompts[0])) if len({p[k] for p in prompts}) > 1)
+    with torch.inference_mode():
+        prefix = run_prefix(model, prompts[0][:shared], "cpu")
+    kw = {"max_new_tokens": 10, "stop_ids": renderer.stop_ids, "pad_id": renderer.pad_id}
+    whole = generate(model, prompts, **kw)
+    assert len({tuple(g.tokens) for g in whole}) == 3  # the answers depend on the prompt
+    assert [g.tokens for g in generate(model, prompts, prefix=prefix, **kw)] == [
+        g.tokens for g in whole
+    ]

@@ -12,7 +12,7 @@ Every failure is one of three exceptions, so callers decide by type, not by stat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -84,6 +84,21 @@ class ChatResult:
     # the first), and the prompt's token ids
     prompt_logprobs: list[Any] | None = None
     prompt_token_ids: list[int] | None = None
+
+
+class ChatClient(Protocol):
+    """What the sampling engine asks of a teacher: an HTTP endpoint (clients/endpoint.py,
+    `Transport`) or the embedded model in this process (clients/in_process.py)."""
+
+    public_url: str  # safe to show: no key in it
+
+    async def chat(self, body: dict[str, Any]) -> ChatResult: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- checks

@@ -1,4 +1,8 @@
-"""The embedded local teacher: `transformers serve` on a local model directory, as a subprocess.
+"""The embedded local teacher as a server: `transformers serve` on a local model directory.
+
+`teacher serve` (an endpoint for other programs), the REPL's streamed teacher and `prompts
+generate` start it. `sample` does not: it answers in process, batched, which is faster on a CPU
+(clients/in_process.py).
 
 We do not write a server: `transformers serve DIR --continuous-batching` is an OpenAI-compatible
 endpoint (`/v1/chat/completions`, `/health`). This module starts it on a loopback port, waits

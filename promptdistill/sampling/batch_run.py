@@ -86,8 +86,8 @@ def batch_work(p: Prepared) -> BatchWork:
         bridge = asyncio.create_task(_set_when(stop_now, flag))
         try:
             await _sample_async(
-                config, p.run, [(q, 0) for q in p.todo if q.id in ids], p.persona, base, model,
-                p.api_key, summary, p.console, p.live, p.log_every_s, False, flag,
+                config, p.run, [(q, 0) for q in p.todo if q.id in ids], p.persona, base, None,
+                model, p.api_key, summary, p.console, p.live, p.log_every_s, False, flag,
             )  # fmt: skip
         finally:
             bridge.cancel()

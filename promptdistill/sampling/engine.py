@@ -37,13 +37,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from promptdistill.clients.answers import ChatClient
 from promptdistill.clients.endpoint import (
     MAX_RETRY_AFTER_S,
     ChatResult,
     FatalError,
     PromptError,
     RetryableError,
-    Transport,
     TransportError,
 )
 from promptdistill.sampling.limits import Limits, estimate_tokens
@@ -99,7 +99,7 @@ class Engine:
 
     def __init__(
         self,
-        transport: Transport | Pool,
+        transport: ChatClient | Pool,
         limits: Limits,
         body: Callable[[Job], dict[str, Any]],
         on_sample: Callable[[Job, ChatResult, int], Job | None],

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from promptdistill.clients.answers import ChatClient
 from promptdistill.clients.endpoint import RetryableError, Transport
 from promptdistill.core.config import TeacherConfig
 from promptdistill.sampling.limits import AdaptiveConcurrency, Limits
@@ -45,7 +46,7 @@ class EndpointStats:
 class Endpoint:
     """One endpoint: its transport, its own limit, and how it is doing."""
 
-    transport: Transport
+    transport: ChatClient
     concurrency: AdaptiveConcurrency
     stats: EndpointStats = field(default_factory=EndpointStats)
     out_until: float = 0.0  # monotonic; nothing is sent before
@@ -88,7 +89,7 @@ class Pool:
         self._timer_at = 0.0  # monotonic time it fires
 
     @classmethod
-    def single(cls, transport: Transport, concurrency: AdaptiveConcurrency) -> Pool:
+    def single(cls, transport: ChatClient, concurrency: AdaptiveConcurrency) -> Pool:
         return cls([Endpoint(transport, concurrency)])
 
     async def __aenter__(self) -> Pool:

@@ -22,11 +22,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from rich.console import Console
 
+from promptdistill.clients.answers import ChatClient
 from promptdistill.clients.endpoint import (
     ChatResult,
     FatalError,
     normalize_base_url,
 )
+from promptdistill.clients.in_process import BATCH_SIZE, load_in_process_teacher
 from promptdistill.clients.keys import key_source, read_api_key
 from promptdistill.core.config import SampleConfig, StudentConfig
 from promptdistill.core.errors import UserError
@@ -55,7 +57,7 @@ from promptdistill.sampling.correct import (
 from promptdistill.sampling.cost import prices
 from promptdistill.sampling.engine import Engine, EngineStats, Job, RetryPolicy
 from promptdistill.sampling.limits import Limits
-from promptdistill.sampling.pool import endpoint_pool
+from promptdistill.sampling.pool import Pool, endpoint_pool
 from promptdistill.sampling.progress import Progress
 from promptdistill.sampling.records import SampleRecords
 from promptdistill.sampling.requests import prompt_job, request_body, teacher_record
@@ -63,28 +65,16 @@ from promptdistill.sampling.summary import SampleSummary
 from promptdistill.sampling.turns import Conversations
 
 STAGE = "sample"
-# transformers serve on 2 CPU cores: a request the server has queued is still computed after the
-# client gave up on it, so with 64 in flight the last ones waited minutes, timed out, and their
-# retries doubled the work until nothing finished. Few in flight and a long timeout instead;
-# LOCAL_CONCURRENCY is the measured best on the dev machine (docs/benchmarks.md, local teacher).
-LOCAL_CONCURRENCY = 4
-LOCAL_TIMEOUT_S = 1800.0
 
 
 def for_local_teacher(config: SampleConfig, say: Callable[[str], None]) -> SampleConfig:
+    """The embedded teacher answers in batches of up to BATCH_SIZE rows in this process
+    (clients/in_process.py); more requests in flight would only wait for the next batch."""
     t = config.teacher
-    if t.concurrency <= LOCAL_CONCURRENCY and t.timeout_s >= LOCAL_TIMEOUT_S:
+    if t.concurrency <= BATCH_SIZE:
         return config
-    teacher = t.model_copy(
-        update={
-            "concurrency": min(t.concurrency, LOCAL_CONCURRENCY),
-            "timeout_s": max(t.timeout_s, LOCAL_TIMEOUT_S),
-        }
-    )
-    say(
-        f"local teacher: {teacher.concurrency} requests in flight, {teacher.timeout_s:.0f} s "
-        "timeout (a CPU server queues the rest; retrying them would only add work)"
-    )
+    say(f"local teacher: batches of up to {BATCH_SIZE} answers, in this process")
+    teacher = t.model_copy(update={"concurrency": BATCH_SIZE})
     return config.model_copy(update={"teacher": teacher})
 
 
@@ -119,7 +109,7 @@ def sample_run(
     say = log or (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
     if config.logprobs and config.teacher.base_url is None and batches is None:
         raise UserError(
-            "--logprobs: the embedded local teacher (transformers serve) returns no logprobs, "
+            "--logprobs: the embedded local teacher records no logprobs, "
             "and needs none: `train --objective kd` reads its whole distribution in process"
         )
     check_keep(config)
@@ -236,27 +226,21 @@ def _sample_locked(
         summary.correctness = correctness(records, config, gold)
         return summary
 
-    with contextlib.ExitStack() as stack:
-        if base is None:
-            from promptdistill.clients.local_server import running_local_teacher
-
-            config = for_local_teacher(config, say)
-            summary.max_concurrency = summary.min_concurrency = config.teacher.concurrency
-
-            say(f"starting the local teacher ({config.teacher.model}) ...")
-            local = stack.enter_context(running_local_teacher(config.teacher.model, log=say))
-            base_url, model = local.base_url, local.model
-            say(f"local teacher started at {redact_url(base_url)}")
-            stack.callback(say, "local teacher shut down")
-        else:
-            base_url, model = base, config.teacher.model
-        summary.base_url = redact_url(normalize_base_url(base_url))
-        asyncio.run(
-            _sample_async(
-                config, run, todo, persona, base_url, model, api_key, summary, console, live,
-                log_every_s, handle_sigint, stop, warm_up=base is None,
-            )
-        )  # fmt: skip
+    client: ChatClient | None = None  # None: the endpoint at base_url
+    if base is None:
+        config = for_local_teacher(config, say)
+        summary.max_concurrency = summary.min_concurrency = config.teacher.concurrency
+        say(f"loading the local teacher ({config.teacher.model}) ...")
+        client = load_in_process_teacher(config.teacher.model, config.teacher.concurrency, say)
+        summary.base_url = client.public_url
+    else:
+        summary.base_url = redact_url(normalize_base_url(base))
+    asyncio.run(
+        _sample_async(
+            config, run, todo, persona, base, client, config.teacher.model, api_key, summary,
+            console, live, log_every_s, handle_sigint, stop,
+        )
+    )  # fmt: skip
     summary.elapsed_s = time.monotonic() - started
     summary.correctness = correctness(SampleReader(run.samples).records(), config, gold)
     return summary
@@ -319,7 +303,8 @@ async def _sample_async(
     run: RunDir,
     todo: list[tuple[UserPrompt, int]],
     persona: LoadedPersona,
-    base_url: str,
+    base_url: str | None,
+    client: ChatClient | None,
     model: str,
     api_key: str | None,
     summary: SampleSummary,
@@ -328,7 +313,6 @@ async def _sample_async(
     log_every_s: float,
     handle_sigint: bool,
     stop_when: threading.Event | None = None,
-    warm_up: bool = False,
 ) -> None:
     t, s = config.teacher, config.sampling
     teacher_info = teacher_record(config, summary.base_url)
@@ -336,8 +320,7 @@ async def _sample_async(
     # the teacher's system prompt per prompt set: the persona's and its teacher instructions
     systems = {p.prompt_set: teacher_system(persona, p.prompt_set) for p, _ in todo}
     stats = EngineStats(total=len(todo))
-    # the local teacher's prefix cache needs one finished prefill first (limits.AdaptiveConcurrency)
-    limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=warm_up)
+    limits = Limits(t.concurrency, t.rpm, t.tpm)
 
     body = request_body(config, model)
 
@@ -358,7 +341,11 @@ async def _sample_async(
         convos = Conversations(config.turns, who, records.on_conversation, records.on_failure)
         on_sample, on_failure = convos.on_sample, convos.on_failure
     source = key_source(t) if api_key else None
-    pool = endpoint_pool(t, base_url, api_key, limits, source)  # one, or several (issue #15)
+    if client is not None:  # the embedded teacher, in process
+        pool = Pool.single(client, limits.concurrency)
+    else:  # one endpoint, or several (issue #15)
+        assert base_url is not None
+        pool = endpoint_pool(t, base_url, api_key, limits, source)
     summary.max_concurrency = summary.min_concurrency = pool.maximum
     engine = Engine(
         pool, limits, body, on_sample, on_failure, RetryPolicy(max_retries=t.max_retries), stats,

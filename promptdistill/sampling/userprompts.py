@@ -18,7 +18,6 @@ source (sources.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import random
@@ -32,6 +31,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
+from promptdistill.clients.answers import ChatClient
 from promptdistill.clients.endpoint import ChatResult, FatalError, Transport, chat_body
 from promptdistill.clients.keys import read_api_key
 from promptdistill.core.config import PromptWriteConfig, SampleConfig, TeacherConfig
@@ -317,30 +317,29 @@ def write_prompts(
         failed=0, candidates=0, exact_duplicates=0, near_duplicates=0,
     )  # fmt: skip
     kept, counts = select(replies, label, embed, cfg.threshold, asked_text) if replies else ([], {})
-    with contextlib.ExitStack() as stack:
-        endpoint: Endpoint | None = None
-        while len(kept) < cfg.n and len(replies) < limit:
-            # enough requests for what is missing, at the yield seen so far (a guess at first)
-            per = len(kept) / len(replies) if replies and kept else cfg.per_request * 0.6
-            want = min(limit, len(replies) + math.ceil((cfg.n - len(kept)) / max(per, 0.5) * 1.2))
-            todo = [k for k in range(want) if k not in replies]
-            if endpoint is None:
-                endpoint = _endpoint(cfg, stack, say)
-            say(f"asking the teacher for {len(todo) * cfg.per_request} prompts "
-                f"({len(todo)} requests; {len(kept)} of {cfg.n} kept so far)")  # fmt: skip
-            jobs = [Job(str(k), request(k)) for k in todo]
-            asked, failed, finished = _ask(
-                cfg, jobs, endpoint, api_key, path, fingerprint, replies, console, live,
-                log_every_s,
-            )  # fmt: skip
-            summary.asked_now += asked
-            summary.failed += failed
-            kept, counts = select(replies, label, embed, cfg.threshold, asked_text)
-            if not finished:
-                summary.interrupted = True
-                break
-            if asked == 0:  # every request failed for good: asking again will not help
-                break
+    endpoint: Endpoint | None = None
+    while len(kept) < cfg.n and len(replies) < limit:
+        # enough requests for what is missing, at the yield seen so far (a guess at first)
+        per = len(kept) / len(replies) if replies and kept else cfg.per_request * 0.6
+        want = min(limit, len(replies) + math.ceil((cfg.n - len(kept)) / max(per, 0.5) * 1.2))
+        todo = [k for k in range(want) if k not in replies]
+        if endpoint is None:
+            endpoint = _endpoint(cfg, say)
+        say(f"asking the teacher for {len(todo) * cfg.per_request} prompts "
+            f"({len(todo)} requests; {len(kept)} of {cfg.n} kept so far)")  # fmt: skip
+        jobs = [Job(str(k), request(k)) for k in todo]
+        asked, failed, finished = _ask(
+            cfg, jobs, endpoint, api_key, path, fingerprint, replies, console, live,
+            log_every_s,
+        )  # fmt: skip
+        summary.asked_now += asked
+        summary.failed += failed
+        kept, counts = select(replies, label, embed, cfg.threshold, asked_text)
+        if not finished:
+            summary.interrupted = True
+            break
+        if asked == 0:  # every request failed for good: asking again will not help
+            break
     summary.requests = len(replies)
     summary.prompts = [t for t, _ in kept[: cfg.n]]
     for k, v in counts.items():
@@ -355,25 +354,24 @@ def write_prompts(
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
-    base_url: str
+    base_url: str | None  # None: the embedded teacher, in process (`client`)
     model: str  # the name requests carry
-    teacher: TeacherConfig  # with the local teacher's concurrency and timeout, if it is that
+    teacher: TeacherConfig  # with the local teacher's concurrency, if it is that
+    client: ChatClient | None = None
 
 
-def _endpoint(cfg: PromptWriteConfig, stack: contextlib.ExitStack, say: Any) -> Endpoint:
-    """The configured endpoint, or the local teacher, started (and stopped with `stack`)."""
+def _endpoint(cfg: PromptWriteConfig, say: Any) -> Endpoint:
+    """The configured endpoint, or the embedded teacher, loaded in this process."""
     t = cfg.teacher
     if t.base_url is not None:
         return Endpoint(base_url=t.base_url, model=t.model, teacher=t)
-    from promptdistill.clients.local_server import running_local_teacher
+    from promptdistill.clients.in_process import load_in_process_teacher
     from promptdistill.sampling.sample import for_local_teacher
 
     local_cfg = for_local_teacher(SampleConfig(persona=cfg.persona, n=1, teacher=t), say)
-    say(f"starting the local teacher ({t.model}) ...")
-    local = stack.enter_context(running_local_teacher(t.model, log=say))
-    say(f"local teacher started at {redact_url(local.base_url)}")
-    stack.callback(say, "local teacher shut down")
-    return Endpoint(base_url=local.base_url, model=local.model, teacher=local_cfg.teacher)
+    say(f"loading the local teacher ({t.model}) ...")
+    client = load_in_process_teacher(t.model, local_cfg.teacher.concurrency, say)
+    return Endpoint(base_url=None, model=t.model, teacher=local_cfg.teacher, client=client)
 
 
 def _ask(
@@ -387,7 +385,8 @@ def _ask(
 
     t, s = endpoint.teacher, cfg.sampling
     base_url, model = endpoint.base_url, endpoint.model
-    sent = {"base_url": redact_url(base_url), "model": t.model}
+    client = endpoint.client or Transport(base_url or "", api_key, t.concurrency, t.timeout_s)
+    sent = {"base_url": redact_url(base_url) if base_url else client.public_url, "model": t.model}
     writer = JsonlWriter(path, fsync_every=64)
     failures: list[str] = []
 
@@ -407,9 +406,9 @@ def _ask(
 
     async def go() -> bool:
         stats = EngineStats(total=len(jobs))
-        limits = Limits(t.concurrency, t.rpm, t.tpm, warm_up=t.base_url is None)
+        limits = Limits(t.concurrency, t.rpm, t.tpm)
         engine = Engine(
-            Transport(base_url, api_key, t.concurrency, t.timeout_s), limits, body, on_sample,
+            client, limits, body, on_sample,
             on_failure, RetryPolicy(max_retries=t.max_retries), stats, s.max_tokens,
         )  # fmt: skip
         stop = asyncio.Event()
