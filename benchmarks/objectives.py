@@ -25,8 +25,9 @@ itself goes wrong, since threads that spin-wait for a descheduled peer count as 
 
 Seconds per step and tokens/s are those of the runs themselves, and change with the machine's
 load; CPU seconds per step (all threads) much less so, and the budget is set with them;
-the student's generation speed for `onpolicy` is printed against the local teacher's
-(`transformers serve`) on the same prompts, both measured in this run.
+the student's generation speed for `onpolicy` is printed against the local teacher's sampling
+phase on the same prompts (when the samples were made; benchmarks/generation.py times both in
+one run). `-n N` samples N training prompts instead of the demo's 120 (in its own `--work`).
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ def cli(*args: str, log: Path) -> str:
     return log.read_text()
 
 
-def sampled(persona: str, work: Path, log: Path) -> Path:
-    """The persona's teacher samples, made once."""
+def sampled(persona: str, work: Path, log: Path, n: int = N_TRAIN) -> Path:
+    """The persona's teacher samples (n training prompts and the held-out ones), made once."""
     run = work / persona / "samples"
     if not (run / "pipeline-done").exists():
         out = cli(
-            "sample", persona, "--run", str(run), "-n", str(N_TRAIN), "--max-tokens",
+            "sample", persona, "--run", str(run), "-n", str(n), "--max-tokens",
             str(MAX_TOKENS), "--temperature", str(TEMPERATURE), "--log-every", "60", log=log,
         )  # fmt: skip
         phase = re.findall(r"sampling phase\s*.\s*[\d.]+ req/s over ([\d.]+) s", out)
@@ -232,6 +233,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--objectives", default="sft,kd,onpolicy,sft-keep-loops")
     ap.add_argument("--work", type=Path, default=Path("/tmp/pd-objectives"))
+    ap.add_argument("-n", type=int, default=N_TRAIN, help="training prompts (the demo's 120)")
     ap.add_argument(
         "--budget",
         choices=["cpu", "epochs"],
@@ -245,7 +247,7 @@ def main() -> None:
     log = a.work / "log.txt"
     print(f"load {os.getloadavg()[0]:.2f}; logs in {log}", flush=True)
     for persona in a.personas.split(","):
-        samples = sampled(persona, a.work, log)
+        samples = sampled(persona, a.work, log, a.n)
         teacher_s = float((samples / "pipeline-done").read_text())
         teacher_tokens = sum(
             json.loads(x)["usage"].get("completion_tokens", 0)
@@ -274,8 +276,11 @@ def main() -> None:
                 print(f"{persona} {label} seed {seed}: " + ", ".join(
                     f"{k} {r.get(k):.3f}" for k, _, _ in METRICS[:4] if r.get(k) is not None
                 ), flush=True)  # fmt: skip
-        budget = statistics.median(r["train_s"] for r in results["sft"])
-        print(f"\n### {persona} (training budget: sft's 2 epochs, {budget:.0f} s)\n")
+        if "sft" in results:
+            budget = statistics.median(r["train_s"] for r in results["sft"])
+            print(f"\n### {persona} (training budget: sft's 2 epochs, {budget:.0f} s)\n")
+        else:  # --budget epochs without sft
+            print(f"\n### {persona} (the demo's 2 epochs)\n")
         print(table(results))
         gens = [r["generation"] for r in results.get("onpolicy", []) if r.get("generation")]
         if gens:
