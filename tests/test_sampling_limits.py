@@ -113,29 +113,3 @@ def test_in_flight_never_exceeds_the_current_limit() -> None:
         return peak
 
     assert asyncio.run(go()) == 4
-
-
-def test_warm_up_sends_one_request_alone_then_opens_to_the_maximum() -> None:
-    """The local teacher's prefix cache holds the system prompt only after one full prefill."""
-
-    async def go() -> tuple[list[float], list[int]]:
-        conc = AdaptiveConcurrency(4, warm_up=True)
-        t0 = time.monotonic()
-        starts: list[float] = []
-        in_flight: list[int] = []
-
-        async def request() -> None:
-            await conc.acquire()
-            starts.append(time.monotonic() - t0)
-            in_flight.append(conc.in_flight)
-            await asyncio.sleep(0.1)
-            conc.on_success()
-            conc.release()
-
-        await asyncio.gather(*(request() for _ in range(9)))
-        return starts, in_flight
-
-    starts, in_flight = asyncio.run(go())
-    assert starts[0] < 0.05 and all(t >= 0.1 for t in starts[1:])  # alone until answered
-    assert sum(1 for t in starts if 0.1 <= t < 0.15) == 4  # then all four slots at once
-    assert max(in_flight) == 4

@@ -79,18 +79,11 @@ class AdaptiveConcurrency:
     flight then were sent under the old limit and will bounce too (TCP cuts once per round
     trip for the same reason). After a cut, hold for `cooldown_s`; then each success adds
     `increase` slots, so the limit climbs back linearly.
-
-    `warm_up`: one request alone until the first answer, then `maximum`. A server with a prefix
-    cache (transformers serve, vLLM) stores the shared system prompt's KV blocks only once a
-    request has prefilled it; requests sent together before that each prefill it again.
     """
 
-    def __init__(
-        self, maximum: int, cooldown_s: float = 2.0, increase: float = 0.25, warm_up: bool = False
-    ) -> None:
+    def __init__(self, maximum: int, cooldown_s: float = 2.0, increase: float = 0.25) -> None:
         self.maximum = maximum
-        self._warming = warm_up and maximum > 1
-        self._limit = 1.0 if self._warming else float(maximum)
+        self._limit = float(maximum)
         self.in_flight = 0
         self.cooldown_s = cooldown_s
         self.increase = increase
@@ -129,11 +122,7 @@ class AdaptiveConcurrency:
                 fut.set_result(None)
 
     def on_success(self) -> None:
-        if self._warming:
-            self._warming = False
-            self._limit = float(self.maximum)
-            self._wake()
-        elif self._limit < self.maximum and time.monotonic() - self._last_cut > self.cooldown_s:
+        if self._limit < self.maximum and time.monotonic() - self._last_cut > self.cooldown_s:
             self._limit = min(float(self.maximum), self._limit + self.increase)
             self._wake()
 
@@ -151,10 +140,8 @@ class AdaptiveConcurrency:
 class Limits:
     """Everything a request waits for before it leaves, in one place for the engine."""
 
-    def __init__(
-        self, concurrency: int, rpm: float | None, tpm: float | None, warm_up: bool = False
-    ) -> None:
-        self.concurrency = AdaptiveConcurrency(concurrency, warm_up=warm_up)
+    def __init__(self, concurrency: int, rpm: float | None, tpm: float | None) -> None:
+        self.concurrency = AdaptiveConcurrency(concurrency)
         self.requests = RateSchedule(rpm / 60.0 if rpm else None)
         self.tokens = RateSchedule(tpm / 60.0 if tpm else None)
         self.tpm = tpm
