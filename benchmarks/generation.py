@@ -1,9 +1,12 @@
 """The student's in-process batched generation (what `--objective onpolicy` runs each step)
-against the local teacher (`transformers serve`, what `sample` uses), on the same prompts,
-timed one after the other in one run (issue #13: >= 3x the teacher's generated tokens/s).
+against the local teacher (what `sample` uses), on the same prompts, timed one after the other
+in one run (issue #13: >= 3x the teacher's generated tokens/s).
 
 1. `promptdistill sample PERSONA -n N` with the local teacher: the persona's system prompt plus
-   each prompt, 96 tokens at temperature 0.7; generated tokens over the sampling phase.
+   each prompt, 96 tokens at temperature 0.7; generated tokens over the sampling phase. Since
+   2026-12-02 (fourth session) `sample` answers in process too, in batches that share the
+   system prompt's cache; the numbers in docs/benchmarks.md "Objectives" were taken when it
+   still went to `transformers serve` (benchmarks/teacher_in_process.py compares the two).
 2. The same prompts without the system prompt (as the student sees them), answered by the
    student model through the one generation engine (models/generate.py), in batches of
    `--batch` rows as an on-policy micro-batch is (a 4096-token batch holds ~24 examples).

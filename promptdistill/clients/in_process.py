@@ -8,8 +8,9 @@ model answers through the one generation engine (models/generate.py) instead:
 - requests that the engine's workers send at once are gathered into one batch (they share a
   system prompt, a temperature and an answer cap), up to `batch_size` rows;
 - the system prompt is run once per persona and kept (models/prefix.py), so a batch computes
-  only the user turns and the answers: with Beethoven's 946-token prompt that is what doubles
-  the tokens/s (docs/benchmarks.md, "In-process local teacher");
+  only the user turns and the answers: with Beethoven's 946-token prompt that doubles the
+  tokens/s, and 3.1x those of the server (docs/benchmarks.md, "In process instead of
+  `transformers serve`");
 - the engine sees an ordinary client (`chat(body) -> ChatResult`), so ids, exactly-once,
   resume, Ctrl-C and the summary are what they are for any endpoint.
 
