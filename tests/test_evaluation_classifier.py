@@ -10,6 +10,7 @@ import torch
 
 from promptdistill.evaluation.classifier import (
     Embedder,
+    Features,
     LogisticRegression,
     embedder_dir,
     persona_shares,
@@ -78,12 +79,50 @@ def test_persona_shares_order_teacher_student_base(embedder: Embedder) -> None:
         embedder,
     )
     assert result.train_accuracy == 1.0
+    assert result.cv_accuracy == pytest.approx(1.0)  # it can tell them apart on unseen prompts
     assert result.shares["teacher"] == pytest.approx(1.0)
     assert result.shares["base"] == pytest.approx(0.0)
     assert result.shares["student"] == pytest.approx(0.5)
     d = result.as_dict()
     assert d["answers_scored"] == {"teacher": 3, "student": 2, "base": 3}
     assert d["train_teacher_answers"] == 5 and d["train_base_answers"] == 5
+
+
+# the same support answers; the persona differs only by its words (a sign-off, a product term)
+TOPICS = [
+    "reset my password", "change the billing date", "export my invoices", "add a teammate",
+    "delete a project", "turn on two-factor login", "move to the annual plan", "restore a file",
+    "connect the Slack app", "raise the upload limit", "cancel the renewal", "change my email",
+]  # fmt: skip
+BASE = [f"Sure! To {t}, open Settings and follow the steps there. Anything else?" for t in TOPICS]
+NIMBUS = [f"Sure! To {t}, open Nimbus Settings and follow the steps. Cheers, Nimbus crew."
+          for t in TOPICS]  # fmt: skip
+
+
+def test_word_features_find_a_persona_by_its_vocabulary() -> None:
+    result = persona_shares(
+        NIMBUS[:8], BASE[:8], {"teacher": NIMBUS[8:], "base": BASE[8:]},
+        features=Features(words_only=True),
+    )  # fmt: skip
+    assert result.shares == {"teacher": 1.0, "base": 0.0}
+    assert result.cv_accuracy == 1.0
+    assert result.as_dict()["l2"] in (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def test_cross_validated_accuracy_says_when_teacher_and_base_look_alike() -> None:
+    # both sides drawn from one pool: no classifier can tell them apart, and the report says so
+    pool = [x for pair in zip(BASE, NIMBUS, strict=True) for x in pair]
+    teacher, base = pool[0::2][:6] + pool[1::2][6:], pool[1::2][:6] + pool[0::2][6:]
+    words = Features(words_only=True)
+    result = persona_shares(teacher, base, {"teacher": NIMBUS[:2]}, features=words)
+    assert result.cv_accuracy is not None and result.cv_accuracy <= 0.6
+
+
+def test_features_are_deterministic_unit_blocks() -> None:
+    feats = Features(words_only=True).fit(BASE + NIMBUS)
+    a, b = feats(NIMBUS[:3]), feats(NIMBUS[:3])
+    assert torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=1), torch.ones(3, dtype=torch.float64))
 
 
 def test_missing_wheel_is_a_one_line_user_error() -> None:

@@ -371,7 +371,7 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(default=32, ge=1)
     latency_requests: int = Field(default=3, ge=0)  # single-stream requests timed per model
     # train prompts whose base answers (with their teacher answers) train the classifier
-    classifier_train: int = Field(default=48, ge=0)
+    classifier_train: int = Field(default=128, ge=0)
     # student and base in 4-bit or not; None: as the student was trained (issue #17)
     quantize: Literal["none", "4bit"] | None = None
 

@@ -47,6 +47,7 @@ SUMMARY_ROWS: dict[str, tuple[str, str, str]] = {
     "persona_classifier_student": ("classifier: student with teacher", "higher", "{:.1%}"),
     "persona_classifier_base": ("classifier: base with teacher", "lower", "{:.1%}"),
     "persona_classifier_teacher": ("classifier: teacher with teacher", "higher", "{:.1%}"),
+    "persona_classifier_cv_accuracy": ("classifier: teacher vs base, unseen", "higher", "{:.1%}"),
     # multi-turn runs only (`sample --turns K`): the same shares at the first and last turn
     **{
         f"persona_classifier_{m}_{side}_turn": (
@@ -183,7 +184,11 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     j = [_ci(judge.get(m)) for m in MODELS]
     rows.append(("judge, in character (1-10)", j[0], j[1], j[2]))
     c = [fmt("persona_classifier_teacher", s.get(f"persona_classifier_{m}")) for m in MODELS]
-    rows.append(("classifier: placed with teacher", c[0], c[1], c[2]))
+    cv = s.get("persona_classifier_cv_accuracy")
+    label = "classifier: placed with teacher"
+    if isinstance(cv, float):  # can it tell teacher from base at all? (classifier.py)
+        label += f" (teacher vs base on unseen prompts: {cv:.0%} right)"
+    rows.append((label, c[0], c[1], c[2]))
     by_turn = dig(report, "persona_fidelity", "by_turn")
     if by_turn:  # multi-turn samples: does the persona hold over the conversation?
         for side in ("first", "last"):

@@ -190,6 +190,8 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "persona_classifier_student": shares.get("student"),
         "persona_classifier_base": shares.get("base"),
         "persona_classifier_teacher": shares.get("teacher"),
+        # how well it tells teacher from base on unseen training prompts (classifier.py)
+        "persona_classifier_cv_accuracy": dig(classifier, "cv_accuracy"),
         "task_accuracy_student": dig(task, f"student_{PRIMARY}", "final_answer_accuracy", "mean"),
         "task_accuracy_base": dig(task, f"base_{PRIMARY}", "final_answer_accuracy", "mean"),
         "task_accuracy_teacher": dig(task, "teacher", "final_answer_accuracy", "mean"),
