@@ -378,3 +378,20 @@ def test_gold_answers_get_accuracy_with_intervals_and_a_correctness_grid(tmp_pat
     md = (run / "report.md").read_text()
     assert "![per-prompt correctness](report-correctness.png)" in md
     assert "task: answer length (tokens)" in md and "task: final answer accuracy" in md
+
+
+def test_the_embedded_teachers_latency_is_timed_in_process(tmp_path: Path) -> None:
+    """The run's teacher is the student's base with the system prompt: eval times it in
+    process, as it answered `sample`, and starts no server for it."""
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    run = make_run(tmp_path, model_dir, n=12)
+    out = run_eval(run, "--no-judge", "--latency-requests", "2", "--max-new-tokens", "6")
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "teacher latency, in process (2 single requests)" in log
+    assert "starting the local teacher" not in log
+    report = orjson.loads((run / "report.json").read_bytes())
+    latency = report["efficiency"]["teacher_latency"]
+    assert latency["requests"] == 2 and latency["endpoint"] == "embedded local teacher, in process"
+    assert report["summary"]["teacher_tokens_per_s"] > 0
+    assert "teacher_latency" not in report["notes"]

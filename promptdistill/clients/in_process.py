@@ -244,41 +244,19 @@ class InProcessTeacher:
         with; computed on first use. None without a system prompt."""
         import torch
 
-        from promptdistill.models.prefix import run_prefix
+        from promptdistill.models.prefix import starts_all, system_prefix
 
         if not system:
             return None
         prefix = self._prefixes.get(system)
         if prefix is None:
-            probes = [
-                self.renderer.prompt(
-                    [{"role": "system", "content": system}, {"role": "user", "content": u}]
-                )
-                for u in ("a", "b")
-            ]
-            tokens = probes[0][: _shared_length(probes)]
             if len(self._prefixes) >= PREFIXES_KEPT:
                 self._prefixes.pop(next(iter(self._prefixes)))
-            device = next(self.model.parameters()).device
             with torch.inference_mode():
-                prefix = run_prefix(self.model, tokens, device)
+                prefix = system_prefix(self.model, self.renderer, system)
+            assert prefix is not None
             self._prefixes[system] = prefix
-        P = len(prefix)
-        if any(len(p) <= P or list(p[:P]) != prefix.tokens for p in prompts):
-            return None  # a tokenizer that merges across the boundary: run the batch whole
-        return prefix
-
-
-def _shared_length(prompts: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens all prompts share."""
-    first = prompts[0]
-    n = min(len(p) for p in prompts)
-    for p in prompts[1:]:
-        k = 0
-        while k < n and p[k] == first[k]:
-            k += 1
-        n = k
-    return n
+        return prefix if starts_all(prefix, prompts) else None
 
 
 def _batch_seed(seeds: list[int | None], batch: int) -> int | None:

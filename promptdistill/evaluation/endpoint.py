@@ -47,14 +47,18 @@ def measure_endpoint(
     count_tokens: Callable[[str], int],
     notes: dict[str, str],
     say: Say,
+    latency_measured: bool = False,
 ) -> EndpointResults:
-    """Teacher latency and the judge; `texts` are every model's held-out answers."""
+    """Teacher latency and the judge; `texts` are every model's held-out answers.
+    `latency_measured`: the embedded teacher's latency was timed in process (local.py), so no
+    server is started for it."""
     jcfg = cfg.judge
     if jcfg.base_url and not jcfg.model:
         raise UserError("--judge-url needs --judge-model (the model name the judge serves)")
     base_url = cfg.base_url or inputs.sample.teacher.base_url
     teacher_model = cfg.model or inputs.sample.teacher.model
-    need_teacher = cfg.latency_requests > 0 or (jcfg.enabled and jcfg.base_url is None)
+    time_teacher = cfg.latency_requests > 0 and not latency_measured
+    need_teacher = time_teacher or (jcfg.enabled and jcfg.base_url is None)
     out = EndpointResults()
     if not jcfg.enabled:
         notes["judge"] = "--no-judge"
@@ -75,7 +79,7 @@ def measure_endpoint(
         except UserError as e:
             notes["teacher_latency"] = notes["judge"] = f"teacher endpoint unavailable: {e}"
             return out
-        if cfg.latency_requests > 0 and url is not None:
+        if time_teacher and url is not None:
             out.latency = _teacher_latency(inputs, cfg, url, model, key, count_tokens, notes, say)
             if out.latency.get("requests"):
                 out.latency["endpoint"] = redact_url(url) if base_url else "embedded local teacher"

@@ -89,13 +89,16 @@ def evaluate(path: Path, cfg: EvalConfig, say: Say) -> Outcome:
     if task is None:
         notes["task"] = "the prompt set has no gold answers for the held-out prompts"
     classifier, cls_probs, by_turn = persona_classifier(inputs, local, texts, cfg, notes, say)
-    endpoint = measure_endpoint(inputs, cfg, persona.description, texts, renderer.count, notes, say)
+    endpoint = measure_endpoint(
+        inputs, cfg, persona.description, texts, renderer.count, notes, say,
+        latency_measured="teacher_latency" in local.efficiency,
+    )  # fmt: skip
 
     efficiency = efficiency_section(inputs, cfg, local.saved_per_prompt, notes)
     efficiency.update(
         {
-            **local.efficiency,
             "teacher_latency": endpoint.latency,
+            **local.efficiency,  # the embedded teacher's latency, when it was timed in process
             "teacher_sampling_latency_s": mean_ci(
                 [r.get("latency_s") for r in inputs.samples if r.get("latency_s") is not None]
             ).as_dict(),

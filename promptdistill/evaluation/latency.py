@@ -1,7 +1,9 @@
 """Single-stream latency, as one user of each model sees it: time to first token, total time,
-tokens. The student locally through the generation engine (models/generate.py), the teacher
-streamed from its endpoint through the one client (clients/endpoint.py). The first request of
-each is an untimed warm-up (kernels, allocator, the connection)."""
+tokens. The student locally through the generation engine (models/generate.py); the teacher
+streamed from its endpoint through the one client (clients/endpoint.py), or, when it is the
+embedded model, through the same engine in process with its system prompt's cache computed
+once (as the in-process sampler and a server with prefix caching do). The first request of each
+is an untimed warm-up (kernels, allocator, the connection)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptdistill.clients.endpoint import Transport, chat_body
 from promptdistill.models.generate import generate
+
+if TYPE_CHECKING:  # it imports torch
+    from promptdistill.models.prefix import Prefix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +37,10 @@ def time_local(
     temperature: float,
     top_p: float,
     seed: int = 0,
+    prefix: Prefix | None = None,
 ) -> list[Timing]:
-    """One request at a time (batch 1), as a user of a local model sees it."""
+    """One request at a time (batch 1), as a user of a local model sees it. `prefix`: the
+    already-run start that every prompt shares (the system prompt)."""
     timings = []
     for k, p in enumerate([prompts[0], *prompts] if prompts else []):
         first = _FirstToken()
@@ -41,7 +48,7 @@ def time_local(
         out = generate(
             model, [p], max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
             temperature=temperature, top_p=top_p, seed=seed + k, batch_size=1,
-            on_step=first,
+            on_step=first, prefix=prefix,
         )[0]  # fmt: skip
         total = time.perf_counter() - start
         if k > 0:

@@ -121,6 +121,35 @@ class Answering:
         ]
 
 
+def teacher_latency(
+    base: Any,
+    renderer: Renderer,
+    items: list[Item],
+    sampling: Any,
+    max_new: int,
+    seed: int,
+    say: Say,
+) -> dict[str, Any]:
+    """The embedded teacher's single-request latency: the base model with the system prompt,
+    whose cache is computed once (models/prefix.py), batch 1, the teacher's sampling."""
+    import torch
+
+    from promptdistill.models.prefix import starts_all, system_prefix
+
+    prompts = [renderer.prompt(with_system(i.system, i.prompt)) for i in items]
+    with torch.inference_mode():
+        prefix = system_prefix(base, renderer, items[0].system)
+    if prefix is not None and not starts_all(prefix, prompts):
+        prefix = None
+    with Phase(say, f"teacher latency, in process ({len(prompts)} single requests)"):
+        timings = time_local(
+            base, prompts, max_new_tokens=max_new, stop_ids=renderer.stop_ids,
+            pad_id=renderer.pad_id, temperature=sampling.temperature, top_p=sampling.top_p,
+            seed=seed, prefix=prefix,
+        )  # fmt: skip
+    return {**timing_summary(timings), "endpoint": "embedded local teacher, in process"}
+
+
 def measure_local(
     inputs: RunInputs,
     cfg: EvalConfig,
@@ -180,6 +209,12 @@ def measure_local(
 
     # ---- 2. the base: NLL of the teacher's answers without and with the system prompt
     base = load_causal_lm(name, inputs.student.dtype, device=device, quantize=q)
+    if with_prompt_nll and cfg.base_url is None and latency_prompts:
+        # the embedded teacher is this base with the system prompt: time it here, in process,
+        # as it answered `sample`, instead of starting a server for it (evaluation/endpoint.py)
+        efficiency["teacher_latency"] = teacher_latency(
+            base, renderer, heldout[: cfg.latency_requests], sampling, max_new, cfg.seed, say
+        )
     with Phase(say, f"base NLL of {len(heldout)} teacher answers"):
         nll_base = score(base, lambda i: user(i.prompt))
         nll_with = (

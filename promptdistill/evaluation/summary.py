@@ -160,6 +160,16 @@ def _training_summary(run: RunDir) -> dict[str, Any]:
     }
 
 
+def classifier_keys(classifier: dict[str, Any] | None) -> dict[str, Any]:
+    """The classifier's shares per model, and how well it tells teacher from base on training
+    prompts it did not fit (classifier.py)."""
+    shares = dig(classifier, "share_placed_with_teacher") or {}
+    return {
+        **{f"persona_classifier_{m}": shares.get(m) for m in ("student", "base", "teacher")},
+        "persona_classifier_cv_accuracy": dig(classifier, "cv_accuracy"),
+    }
+
+
 def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
     agg, agreement, task, judge, efficiency, notes = (
         m.nll,
@@ -170,7 +180,6 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         m.notes,
     )
     classifier, effect = m.classifier, m.effect
-    shares = dig(classifier, "share_placed_with_teacher") or {}
     summary: dict[str, Any] = {
         "kl_student": m.kl.get("student"),
         "kl_base": m.kl.get("base"),
@@ -187,11 +196,7 @@ def assemble(inputs: RunInputs, cfg: EvalConfig, m: Measured) -> dict[str, Any]:
         "judge_student": dig(judge, "student", "mean"),
         "judge_teacher": dig(judge, "teacher", "mean"),
         "judge_base": dig(judge, "base", "mean"),
-        "persona_classifier_student": shares.get("student"),
-        "persona_classifier_base": shares.get("base"),
-        "persona_classifier_teacher": shares.get("teacher"),
-        # how well it tells teacher from base on unseen training prompts (classifier.py)
-        "persona_classifier_cv_accuracy": dig(classifier, "cv_accuracy"),
+        **classifier_keys(classifier),
         "task_accuracy_student": dig(task, f"student_{PRIMARY}", "final_answer_accuracy", "mean"),
         "task_accuracy_base": dig(task, f"base_{PRIMARY}", "final_answer_accuracy", "mean"),
         "task_accuracy_teacher": dig(task, "teacher", "final_answer_accuracy", "mean"),
