@@ -16,7 +16,8 @@ through the CLI, as a user runs it; `--work DIR` keeps the samples and runs for 
         [--seeds 0,1,2] [--objectives sft,kd,onpolicy,sft-keep-loops:0,kd-ce1:0;1]
         [--work /tmp/pd-objectives]
 
-(`NAME-ceW`: kd with `--ce-weight W`; `:0;1` gives a variant its own seeds.)
+(`NAME-ceW`: kd with `--ce-weight W`; `NAME-epN`: N epochs, whatever the budget; `:0;1` gives a
+variant its own seeds.)
 
 `--budget epochs` trains every objective for sft's 2 epochs instead (the same tokens: a kd
 step cost 0.95x an sft step in CPU seconds, back to back): on a crowded machine the calibration
@@ -28,6 +29,8 @@ load; CPU seconds per step (all threads) much less so, and the budget is set wit
 the student's generation speed for `onpolicy` is printed against the local teacher's sampling
 phase on the same prompts (when the samples were made; benchmarks/generation.py times both in
 one run). `-n N` samples N training prompts instead of the demo's 120 (in its own `--work`).
+`--reeval` evaluates the finished runs in `--work` again, as they were trained, after a change
+to eval.
 """
 
 from __future__ import annotations
@@ -140,10 +143,25 @@ def train_and_eval(
         return dict(json.loads(done.read_text())["summary"])
     run = fresh_run(samples, dest)
     out = cli("train", str(run), "--seed", str(seed), *TRAIN, *extra, log=log)
-    cli("eval", str(run), "--no-judge", "--max-heldout", str(HELDOUT), "--max-new-tokens",
-        str(MAX_TOKENS), "--seed", str(seed), "--latency-requests", "0", log=log)  # fmt: skip
+    evaluate(run, seed, log)
     s = summary_of(run, out)
     done.write_text(json.dumps({"args": extra, "summary": s}))
+    return s
+
+
+def evaluate(run: Path, seed: int, log: Path) -> None:
+    cli("eval", str(run), "--no-judge", "--max-heldout", str(HELDOUT), "--max-new-tokens",
+        str(MAX_TOKENS), "--seed", str(seed), "--latency-requests", "0", log=log)  # fmt: skip
+
+
+def reevaluate(dest: Path, seed: int, log: Path) -> dict[str, Any]:
+    """`--reeval`: a finished run's adapter evaluated again (after a change to eval), its
+    training numbers kept."""
+    done = json.loads((dest / "bench.json").read_text())
+    evaluate(dest, seed, log)
+    s = summary_of(dest, "")
+    s["generation"] = done["summary"].get("generation")
+    (dest / "bench.json").write_text(json.dumps({"args": done["args"], "summary": s}))
     return s
 
 
@@ -172,7 +190,7 @@ def budget_steps(
     return {k: max(1, round(sft_steps * per["sft"] / per[k])) for k in kinds if k != "sft"}
 
 
-MODIFIER = re.compile(r"keep-loops|ce[\d.]+|bt\d+")  # what may follow an objective's name
+MODIFIER = re.compile(r"keep-loops|ce[\d.]+|bt\d+|ep\d+")  # what may follow an objective's name
 
 
 @dataclass(kw_only=True)
@@ -182,29 +200,35 @@ class Variant:
     flags: list[str]  # train flags
     cost_flags: list[str]  # the flags of its calibration run
     seeds: list[int]
+    fixed: bool = False  # `-epN`: its own epochs, not the time budget
 
 
 def variant(spec: str, seeds: list[int]) -> Variant:
     """`kd`, `sft-keep-loops`, `kd-ce1` (kd + 1 x the NLL), `kd-bt1024` (1,024-token batches:
-    more, smaller steps), each optionally `:0;1` for its own seeds."""
+    more, smaller steps), `kd-bt1024-ep4` (4 epochs, whatever the budget), each optionally
+    `:0;1` for its own seeds."""
     label, _, own = spec.partition(":")
     name, _, rest = label.partition("-")
     if MODIFIER.sub("", rest).strip("-"):
-        sys.exit(f"unknown variant {spec!r}: use NAME with -keep-loops, -ceW or -btN")
+        sys.exit(f"unknown variant {spec!r}: use NAME with -keep-loops, -ceW, -btN or -epN")
     flags = ["--objective", name]
     batch: list[str] = []
+    epochs: list[str] = []
     for mod in MODIFIER.findall(rest):
         if mod == "keep-loops":
             flags.append("--keep-loops")
         elif mod.startswith("ce"):
             flags += ["--ce-weight", mod[2:]]
+        elif mod.startswith("ep"):
+            epochs = ["--epochs", mod[2:]]
         else:
             batch = ["--batch-tokens", mod[2:]]
     return Variant(
         label=label,
         kind=name + (f"-bt{batch[1]}" if batch else ""),
-        flags=flags + batch,
+        flags=flags + batch + epochs,
         cost_flags=["--objective", name, *batch],
+        fixed=bool(epochs),
         seeds=[int(x) for x in own.split(";")] if own else seeds,
     )
 
@@ -241,6 +265,11 @@ def main() -> None:
         help="cpu: steps by calibrated CPU s/step (default); epochs: sft's 2 epochs for all, "
         "when contention spoils the calibration (spin-waiting threads count as CPU time)",
     )
+    ap.add_argument(
+        "--reeval", action="store_true",
+        help="evaluate the finished runs in --work again, as they were trained (after a change "
+        "to eval); nothing is sampled or trained",
+    )  # fmt: skip
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     a.work.mkdir(parents=True, exist_ok=True)
@@ -258,17 +287,24 @@ def main() -> None:
         runs = [variant(o, seeds) for o in a.objectives.split(",")]
         runs.sort(key=lambda v: v.label != "sft")  # sft first: its steps set the budget
         steps: dict[str, int] = {}
-        for v in runs:
+        for v in runs if a.reeval else []:
+            for seed in v.seeds:
+                dest = a.work / persona / f"{v.label}-seed{seed}"
+                if not (dest / "bench.json").is_file():
+                    sys.exit(f"--reeval: {dest} has no finished run; run without --reeval first")
+                results.setdefault(v.label, []).append(reevaluate(dest, seed, log))
+                print(f"{persona} {v.label} seed {seed}: evaluated again", flush=True)
+        for v in [] if a.reeval else runs:
             label, kind = v.label, v.kind
             if a.budget == "epochs":
                 steps[kind] = 0  # the demo's epochs, as sft
-            if kind != "sft" and kind not in steps:
+            if kind != "sft" and kind not in steps and not v.fixed:
                 sft_steps = results["sft"][0]["steps"]
                 kinds = {r.kind: r.cost_flags for r in runs if r.kind != "sft"}
                 steps |= budget_steps(samples, a.work / persona, sft_steps, kinds, log)
             for seed in v.seeds:
                 extra = list(v.flags)
-                if kind != "sft" and steps[kind]:
+                if kind != "sft" and not v.fixed and steps[kind]:
                     extra += ["--steps", str(steps[kind])]
                 dest = a.work / persona / f"{label}-seed{seed}"
                 r = train_and_eval(samples, dest, seed, extra, log)
