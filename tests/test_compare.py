@@ -54,11 +54,12 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def make_run(
     root: Path,
     student: tuple[Path, Path],
-    base_url: str,
+    base_url: str | None,
     max_tokens: int = 12,
     temperature: float = 0.7,
 ) -> Path:
-    """A run directory as `sample` and `train` leave it: config.yaml and adapter/."""
+    """A run directory as `sample` and `train` leave it: config.yaml and adapter/. `base_url`
+    None: the embedded teacher, the student's own base model."""
     model_dir, adapter = student
     persona = write_persona(root / "data")
     run = RunDir(root / "run").create()
@@ -67,7 +68,9 @@ def make_run(
         persona=str(persona),
         n=4,
         sampling=SamplingParams(temperature=temperature, top_p=0.9, max_tokens=max_tokens, seed=1),
-        teacher=TeacherConfig(base_url=base_url, model="fake-teacher"),
+        teacher=TeacherConfig(
+            base_url=base_url, model="fake-teacher" if base_url else str(model_dir)
+        ),
     )
     run.save_stage_config("sample", sample.model_dump(mode="json"))
     run.save_stage_config("train", {"student": {"model": str(model_dir), "dtype": "fp32"}})
@@ -106,6 +109,27 @@ def test_prompt_prints_teacher_then_student(tmp_path: Path, student: tuple[Path,
     assert "vs teacher)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert server.asked["Who are you?"] == 1
+
+
+@pytest.mark.slow  # starts the CLI, which imports torch (~5 s)
+def test_the_embedded_teacher_answers_in_process(
+    tmp_path: Path, student: tuple[Path, Path]
+) -> None:
+    # no server: the teacher is the student's base model given the system prompt, in process
+    run = make_run(tmp_path, student, None, temperature=0.0)
+    proc = compare(run, "--json", stdin="Who are you?\nAnd then?\n/base\nThird\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "starting the local teacher" not in proc.stderr and "Traceback" not in proc.stderr
+    records = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == 3
+    for r in records:
+        assert r["teacher"]["tokens"] > 0 and r["teacher"]["error"] is None
+        assert r["teacher"]["prompt_tokens_exact"]
+    # the system prompt is in the teacher's prompt, not in the student's
+    assert records[0]["teacher"]["prompt_tokens"] > records[0]["student"]["prompt_tokens"]
+    assert records[1]["teacher"]["earlier_turns"] == 1
+    # /base joins with the same weights as the teacher (one copy), without the prompt
+    assert records[2]["base"]["tokens"] > 0 and records[2]["base"]["error"] is None
 
 
 @pytest.mark.slow  # starts the CLI, which imports torch (~5 s)

@@ -2,9 +2,10 @@
 
 - `EndpointChat`: an OpenAI-compatible endpoint, streamed through the project's one client
   (clients/endpoint.py): the teacher, *with* the persona's system prompt.
-- `LocalChat`: a local causal LM (the student with its adapter, or the bare base model),
-  *without* a system prompt, through the one generation engine (models/generate.py) in a
-  thread; its `should_stop` watches a flag, so Ctrl-C stops it within one token.
+- `LocalChat`: a local causal LM (the student with its adapter, the bare base model, or the
+  embedded teacher: a base model *with* the system prompt, its cache run once) through the one
+  generation engine (models/generate.py) in a thread; its `should_stop` watches a flag, so
+  Ctrl-C stops it within one token.
 
 Both fill an `Answer` in place while they stream, so a display can redraw it at any moment, and
 both turn every failure into `Answer.error` instead of raising: one side failing must not stop
@@ -206,9 +207,13 @@ class LocalChat:
     SmolLM2's template injects when none is given).
     """
 
-    def __init__(self, model: Any, renderer: Renderer) -> None:
+    def __init__(self, model: Any, renderer: Renderer, system_prompt: str | None = None) -> None:
+        """`system_prompt`: conversations that start with it reuse its keys and values, run
+        once on first use (models/prefix.py), as the in-process teacher does in `sample`."""
         self.model = model
         self.renderer = renderer
+        self.system_prompt = system_prompt
+        self._prefix: Any = None
 
     async def answer(
         self, messages: Sequence[Message], sampling: SamplingParams, out: Answer
@@ -247,8 +252,11 @@ class LocalChat:
 
     def warm_up(self) -> None:
         """Generate two tokens once, so the first real answer's time to first token measures
-        the model, not one-off start-up costs (allocator, kernel selection: ~0.5 s on CPU)."""
+        the model, not one-off start-up costs (allocator, kernel selection: ~0.5 s on CPU), and
+        run the system prompt once, as a server with prefix caching would have it ready."""
         r = self.renderer
+        if self.system_prompt:
+            self._cached(r.prompt([{"role": "system", "content": self.system_prompt}]))
         generate(
             self.model, [r.prompt([{"role": "user", "content": "Hi"}])], max_new_tokens=2,
             stop_ids=r.stop_ids, pad_id=r.pad_id, batch_size=1,
@@ -279,7 +287,7 @@ class LocalChat:
                 self.model, [ids], max_new_tokens=sampling.max_tokens,
                 stop_ids=self.renderer.stop_ids, pad_id=self.renderer.pad_id,
                 temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-                batch_size=1, on_step=on_step, should_stop=stop.is_set,
+                batch_size=1, on_step=on_step, should_stop=stop.is_set, prefix=self._cached(ids),
             )[0]  # fmt: skip
             if piece := text.flush():
                 send(piece)
@@ -289,6 +297,19 @@ class LocalChat:
             send(e)
         finally:
             send(_END)
+
+    def _cached(self, ids: list[int]) -> Any:
+        """The system prompt's cached run when `ids` starts with it, else None."""
+        if not self.system_prompt:
+            return None
+        import torch
+
+        from promptdistill.models.prefix import starts_all, system_prefix
+
+        if self._prefix is None:
+            with torch.inference_mode():
+                self._prefix = system_prefix(self.model, self.renderer, self.system_prompt)
+        return self._prefix if starts_all(self._prefix, [ids]) else None
 
 
 _END = object()

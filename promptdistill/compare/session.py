@@ -385,35 +385,40 @@ def open_session(
     student_chat.warm_up()
     student_name = Path(r.student.model).name
 
+    bases: dict[str, Any] = {}  # one copy of a base model's weights, for the teacher and /base
+
+    def base_model(name: str) -> Any:
+        if name not in bases:
+            bases[name] = load_causal_lm(name, r.student.dtype, quantize=q)
+        return bases[name]
+
+    teacher_chat: Chat
+    model = teacher_cfg.model
     if teacher_cfg.base_url is None:
-        from promptdistill.clients.local_server import running_local_teacher
-
-        say(f"starting the local teacher ({teacher_cfg.model}) ...")
-        local = stack.enter_context(running_local_teacher(teacher_cfg.model, log=say))
-        base_url, model = local.base_url, local.model
-        where = "local"
+        # the embedded teacher answers in process, as in `sample`: a base model given the
+        # system prompt, whose keys and values are run once; no server is started
+        say(f"loading the local teacher ({model}) ...")
+        same = model == r.student.model
+        teacher_renderer = renderer if same else Renderer(load_tokenizer(model))
+        teacher_chat = LocalChat(base_model(model), teacher_renderer, system_prompt=system_prompt)
+        teacher_chat.warm_up()
+        where = "in process"
     else:
-        base_url, model = teacher_cfg.base_url, teacher_cfg.model
-        where = urlsplit(redact_url(base_url)).netloc or redact_url(base_url)
-
-    def count_teacher_prompt(messages: Sequence[Message]) -> int:
-        return len(renderer.prompt(messages))  # an estimate when the endpoint sends no usage
-
-    teacher_chat = EndpointChat(
-        transport=Transport(
-            base_url,
-            api_key,
-            concurrency=4,
-            timeout_s=teacher_cfg.timeout_s,
+        where = urlsplit(redact_url(teacher_cfg.base_url)).netloc or redact_url(
+            teacher_cfg.base_url
+        )
+        transport = Transport(
+            teacher_cfg.base_url, api_key, concurrency=4, timeout_s=teacher_cfg.timeout_s,
             key_source=key_source(teacher_cfg) if api_key else None,
-        ),
-        model=model,
-        count_prompt=count_teacher_prompt,
-    )
+        )  # fmt: skip
+        # an estimate when the endpoint sends no usage
+        teacher_chat = EndpointChat(
+            transport=transport, model=model, count_prompt=lambda m: len(renderer.prompt(m))
+        )
     runner = stack.enter_context(asyncio.Runner())
 
     def load_base() -> Side:
-        chat = LocalChat(load_causal_lm(r.student.model, r.student.dtype, quantize=q), renderer)
+        chat = LocalChat(base_model(r.student.model), renderer)
         chat.warm_up()
         return Side(
             name="base",
