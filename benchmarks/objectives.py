@@ -60,6 +60,7 @@ METRICS = [  # (summary key, label, format)
     ("persona_classifier_teacher", "cls teacher", "{:.2f}"),
     ("persona_classifier_base", "cls base", "{:.2f}"),
     ("cls_ratio", "cls S/T", "{:.2f}"),
+    ("persona_classifier_cv_accuracy", "cls CV acc.", "{:.2f}"),
     ("chrf_student", "chrF S", "{:.1f}"),
     ("chrf_base", "chrF B", "{:.1f}"),
     ("rouge_l_student", "ROUGE-L S", "{:.3f}"),
@@ -316,7 +317,7 @@ def main() -> None:
             budget = statistics.median(r["train_s"] for r in results["sft"])
             print(f"\n### {persona} (training budget: sft's 2 epochs, {budget:.0f} s)\n")
         else:  # --budget epochs without sft
-            print(f"\n### {persona} (the demo's 2 epochs)\n")
+            print(f"\n### {persona} (sft's 2 epochs; an -epN variant its N)\n")
         print(table(results))
         gens = [r["generation"] for r in results.get("onpolicy", []) if r.get("generation")]
         if gens:

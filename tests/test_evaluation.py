@@ -380,6 +380,7 @@ def test_gold_answers_get_accuracy_with_intervals_and_a_correctness_grid(tmp_pat
     assert "task: answer length (tokens)" in md and "task: final answer accuracy" in md
 
 
+@pytest.mark.slow
 def test_the_embedded_teachers_latency_is_timed_in_process(tmp_path: Path) -> None:
     """The run's teacher is the student's base with the system prompt: eval times it in
     process, as it answered `sample`, and starts no server for it."""
