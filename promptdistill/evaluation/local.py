@@ -209,9 +209,10 @@ def measure_local(
 
     # ---- 2. the base: NLL of the teacher's answers without and with the system prompt
     base = load_causal_lm(name, inputs.student.dtype, device=device, quantize=q)
-    if with_prompt_nll and cfg.base_url is None and latency_prompts:
+    if with_prompt_nll and cfg.base_url is None and latency_prompts and q != "4bit":
         # the embedded teacher is this base with the system prompt: time it here, in process,
-        # as it answered `sample`, instead of starting a server for it (evaluation/endpoint.py)
+        # as it answered `sample`, instead of starting a server for it (evaluation/endpoint.py;
+        # not a 4-bit base: the teacher answered unquantised)
         efficiency["teacher_latency"] = teacher_latency(
             base, renderer, heldout[: cfg.latency_requests], sampling, max_new, cfg.seed, say
         )
