@@ -385,22 +385,23 @@ def open_session(
     student_chat.warm_up()
     student_name = Path(r.student.model).name
 
-    bases: dict[str, Any] = {}  # one copy of a base model's weights, for the teacher and /base
+    bases: dict[tuple[str, str, str], Any] = {}  # one copy of the weights for teacher and /base
 
-    def base_model(name: str) -> Any:
-        if name not in bases:
-            bases[name] = load_causal_lm(name, r.student.dtype, quantize=q)
-        return bases[name]
+    def base_model(name: str, dtype: str, quantize: str) -> Any:
+        if (name, dtype, quantize) not in bases:
+            bases[(name, dtype, quantize)] = load_causal_lm(name, dtype, quantize=quantize)
+        return bases[(name, dtype, quantize)]
 
     teacher_chat: Chat
     model = teacher_cfg.model
     if teacher_cfg.base_url is None:
-        # the embedded teacher answers in process, as in `sample`: a base model given the
-        # system prompt, whose keys and values are run once; no server is started
+        # the embedded teacher answers in process, as in `sample` (dtype auto, unquantised): a
+        # base model given the system prompt, whose keys and values are run once; no server
         say(f"loading the local teacher ({model}) ...")
         same = model == r.student.model
         teacher_renderer = renderer if same else Renderer(load_tokenizer(model))
-        teacher_chat = LocalChat(base_model(model), teacher_renderer, system_prompt=system_prompt)
+        weights = base_model(model, "auto", "none")
+        teacher_chat = LocalChat(weights, teacher_renderer, system_prompt=system_prompt)
         teacher_chat.warm_up()
         where = "in process"
     else:
@@ -418,7 +419,7 @@ def open_session(
     runner = stack.enter_context(asyncio.Runner())
 
     def load_base() -> Side:
-        chat = LocalChat(base_model(r.student.model), renderer)
+        chat = LocalChat(base_model(r.student.model, r.student.dtype, q), renderer)
         chat.warm_up()
         return Side(
             name="base",
